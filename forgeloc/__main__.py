@@ -1,0 +1,4 @@
+from forgeloc.cli import main
+
+if __name__ == "__main__":
+    main()
