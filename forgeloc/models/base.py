@@ -24,7 +24,8 @@ Output: a dict
 key              shape / type                   meaning
 ================ ============================== ================================================
 ``pred_mask``    float32 (B, 1, H, W)           tamper probability per pixel, at input resolution
-``logits``       (B, 1, H, W), optional         pre-sigmoid map (for models with a sigmoid head)
+``logits``       optional, model-specific       the raw map before the final activation (documented
+                                                by each model; the engine never relies on it)
 ``pred_label``   float32 (B,), optional         the model's own image-level probability
 ``features``     (B, C, h, w), optional         a feature map that auxiliary losses may use
 ``loss``         scalar, only if ``mask`` given the total loss to back-propagate
@@ -37,7 +38,7 @@ so evaluation can report a validation loss and parity tests can compare the refe
 
 from __future__ import annotations
 
-from typing import Any, ClassVar
+from typing import Any
 
 import torch
 from torch import nn
@@ -56,9 +57,10 @@ class ForgeryModel(nn.Module):
     * ``has_image_head``: whether ``pred_label`` is produced by the model itself.
     """
 
-    input_size: ClassVar[int | None] = None
-    size_divisor: ClassVar[int] = 1
-    has_image_head: ClassVar[bool] = False
+    # Plain class attributes: an instance may override them (e.g. a tiny config at 128 px).
+    input_size: int | None = None
+    size_divisor: int = 1
+    has_image_head: bool = False
 
     def __init__(self) -> None:
         super().__init__()
