@@ -398,3 +398,51 @@ def load_model_weights(model: nn.Module, path: str | Path, strict: bool = True) 
         raise CheckpointError(f"{path}: does not fit {name}: " + "; ".join(parts))
     model.load_state_dict(sd, strict=strict)
     return model
+
+
+# --------------------------------------------------------------------------------------------------
+# Whole models from checkpoints
+# --------------------------------------------------------------------------------------------------
+def resolve_checkpoint(path: str | Path) -> Path:
+    """A training run folder → its ``best/`` (else newest complete checkpoint); anything else as is."""
+    path = Path(path)
+    if not path.exists():
+        raise CheckpointError(f"{path}: checkpoint not found")
+    if path.is_dir() and not (path / MODEL_FILE).is_file():
+        if (path / "best" / MODEL_FILE).is_file():
+            return path / "best"
+        from forgeloc.engine.checkpointing import find_latest_checkpoint
+
+        latest = find_latest_checkpoint(path)
+        if latest is None:
+            raise CheckpointError(f"{path}: no {MODEL_FILE}, best/ or complete checkpoint inside")
+        return latest
+    return path
+
+
+def load_model(
+    checkpoint: str | Path, model: str | None = None, strict: bool = True, **kwargs: Any
+) -> tuple[nn.Module, dict[str, Any]]:
+    """Build a model from a checkpoint; return it (in eval mode) with the checkpoint's config.
+
+    ``checkpoint`` may be a forgeloc checkpoint folder or run folder (its ``config.json`` names the
+    model and options), or a weights file (safetensors / authors' ``.pth``), in which case
+    ``model`` must name the architecture. ``kwargs`` override the recorded constructor options.
+    """
+    from forgeloc.models.registry import create_model
+
+    path = resolve_checkpoint(checkpoint)
+    config = read_checkpoint_config(path) or {}
+    name = model or config.get("model")
+    if not name:
+        raise CheckpointError(
+            f"{path}: no config.json names the model; pass the model name (e.g. model='sparsevit')"
+        )
+    recorded = (config.get("model_kwargs") or {}) if name == config.get("model") else {}
+    # Pretrained-backbone paths only matter for initialisation: the checkpoint overwrites them, and
+    # the file need not exist on the machine that predicts.
+    recorded = {k: v for k, v in recorded.items() if "pretrain" not in k}
+    options = {**recorded, **kwargs}
+    net = create_model(name, checkpoint=path, strict=strict, **options)
+    net.eval()
+    return net, {**config, "model": name, "model_kwargs": options, "checkpoint": str(path)}

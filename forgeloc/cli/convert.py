@@ -12,9 +12,15 @@ console = Console()
 
 
 def convert(
-    source: Path = typer.Argument(..., help="The authors' checkpoint (.pth/.pt/.bin, pickled dict or whole model) or a safetensors file."),
-    output: Path = typer.Argument(..., help="Output folder (model.safetensors + config.json) or a .safetensors file."),
-    model: str = typer.Option(..., "--model", "-m", help="Registered model name the weights belong to, e.g. sparsevit."),
+    source: Path = typer.Argument(
+        ..., help="The authors' checkpoint (.pth/.pt/.bin, pickled dict or whole model) or a safetensors file."
+    ),
+    output: Path = typer.Argument(
+        ..., help="Output folder (model.safetensors + config.json) or a .safetensors file."
+    ),
+    model: str = typer.Option(
+        ..., "--model", "-m", help="Registered model name the weights belong to, e.g. sparsevit."
+    ),
     strict: bool = typer.Option(True, help="Require the key sets to match the model exactly."),
 ) -> None:
     """Convert a checkpoint to safetensors without executing any code from it.

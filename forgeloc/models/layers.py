@@ -52,7 +52,7 @@ class DWConv(nn.Module):
         self.dwconv = nn.Conv2d(dim, dim, 3, 1, 1, bias=True, groups=dim)
 
     def forward(self, x: torch.Tensor, H: int, W: int) -> torch.Tensor:
-        B, N, C = x.shape
+        B, _, C = x.shape
         x = x.transpose(1, 2).reshape(B, C, H, W)
         return self.dwconv(x).flatten(2).transpose(1, 2)
 

@@ -1,0 +1,31 @@
+"""Helpers shared by the sub-commands."""
+
+from __future__ import annotations
+
+from typing import NoReturn
+
+import typer
+from rich.console import Console
+
+console = Console(stderr=True)
+
+
+def fail(message: str, code: int = 2) -> NoReturn:
+    """Print a one-line error and exit with ``code``."""
+    console.print(f"[bold red]error:[/bold red] {message}", highlight=False)
+    raise typer.Exit(code)
+
+
+def parse_named(items: list[str]) -> dict[str, str]:
+    """``["CASIAv1=/d/casia1", "/d/coverage"]`` → ``{"CASIAv1": "/d/casia1", "coverage": "/d/coverage"}``."""
+    from pathlib import Path
+
+    named: dict[str, str] = {}
+    for item in items:
+        name, sep, path = item.partition("=")
+        if not sep:
+            name, path = Path(item).stem or Path(item).name, item
+        if name in named:
+            fail(f"two datasets are named {name!r}; name them explicitly as NAME=PATH")
+        named[name] = path
+    return named

@@ -1,0 +1,220 @@
+"""Training / evaluation configuration: YAML (or TOML) into validated pydantic models.
+
+A config file has five sections — ``model``, ``data``, ``optim``, ``train``, ``eval`` — whose
+fields are documented below; unknown keys are errors (a typo must not silently fall back to a
+default). Command-line overrides use dotted paths: ``train.epochs=3 optim.lr=1e-4``.
+
+Relative dataset paths are resolved against the config file's folder.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import tomllib
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class ModelConfig(_Strict):
+    """Which registered model to build and with which constructor options."""
+
+    name: str = Field(description="registered model name (forgeloc.list_models())")
+    kwargs: dict[str, Any] = Field(default_factory=dict, description="constructor options of the model")
+    aux_loss: dict[str, Any] | None = Field(
+        default=None, description="auxiliary loss wrapped around the model, e.g. {name: ncl, weight: 1.0}"
+    )
+    init_checkpoint: str | None = Field(default=None, description="weights to start from (fine-tuning)")
+
+
+class DatasetEntry(_Strict):
+    """One dataset: any format that forgeloc.data reads (JSON list, Tp/Gt folder, images/masks folder)."""
+
+    path: str
+    name: str | None = None
+
+    @property
+    def display_name(self) -> str:
+        return self.name or Path(self.path).stem
+
+
+class DataConfig(_Strict):
+    train: list[DatasetEntry] = Field(default_factory=list)
+    samples_per_dataset: int | None = Field(
+        default=None,
+        description="balanced sampler: samples drawn from each training set per epoch (Protocol-CAT: 1840); "
+        "null = every sample of every set once per epoch",
+    )
+    test: dict[str, str] = Field(default_factory=dict, description="display name -> dataset path")
+    input_mode: Literal["resize", "pad"] = "resize"
+    input_size: int = 512
+    augment: str = Field(default="imdlbenco", description="augmentation preset: imdlbenco | light | none")
+    edge_width: int | None = None
+    num_workers: int = 2
+    max_pixels: int | None = Field(default=None, description="decompression-bomb limit (None = library default)")
+
+    @field_validator("train", mode="before")
+    @classmethod
+    def _paths_as_entries(cls, value: Any) -> Any:
+        if isinstance(value, (str, Path)):
+            value = [value]
+        return [{"path": str(v)} if isinstance(v, (str, Path)) else v for v in value]
+
+
+class OptimConfig(_Strict):
+    """Optimiser and learning-rate schedule.
+
+    Defaults follow IMDLBenCo's trainer (protocol (e)): AdamW (0.9, 0.999), weight decay 0.05 on
+    weights of ≥ 2 dimensions only, linear warm-up then half-cycle cosine, updated every optimiser
+    step on fractional epochs.
+    """
+
+    name: Literal["adamw", "sgd"] = "adamw"
+    lr: float = 1e-4
+    min_lr: float = 0.0
+    weight_decay: float = 0.05
+    betas: tuple[float, float] = (0.9, 0.999)
+    eps: float = 1e-8
+    momentum: float = 0.9
+    nesterov: bool = False
+    warmup_epochs: float = 0.0
+    schedule: Literal["cosine", "poly", "constant"] = "cosine"
+    poly_power: float = 0.9
+    grad_clip: float | None = Field(default=None, description="max global grad norm; null = no clipping")
+
+
+class TrainConfig(_Strict):
+    epochs: int = 1
+    batch_size: int = 8
+    accum_steps: int = 1
+    amp: Literal["none", "bf16", "fp16"] = Field(
+        default="none", description="bf16 autocast (CPU/GPU) or fp16 autocast + GradScaler (GPU only)"
+    )
+    seed: int = 42
+    deterministic: bool = False
+    eval_every: int = 1
+    save_every: int = 1
+    keep_last: int = 2
+    best_metric: str = "pixel_f1"
+    output_dir: str = "runs/default"
+    log_every: int = 10
+    max_steps_per_epoch: int | None = Field(default=None, description="cap on optimiser steps per epoch")
+    tensorboard: bool = True
+    channels_last: bool = False
+    compile: bool = False
+
+    @field_validator("epochs", "batch_size", "accum_steps", "eval_every", "save_every")
+    @classmethod
+    def _positive(cls, v: int) -> int:
+        if v < 1:
+            raise ValueError("must be >= 1")
+        return v
+
+
+class EvalConfig(_Strict):
+    definition: Literal["forgeloc", "imdlbenco"] = "forgeloc"
+    threshold: float = 0.5
+    image_score: str = "max"
+    batch_size: int | None = None
+
+
+class Config(_Strict):
+    """The whole run configuration."""
+
+    model: ModelConfig
+    data: DataConfig = Field(default_factory=DataConfig)
+    optim: OptimConfig = Field(default_factory=OptimConfig)
+    train: TrainConfig = Field(default_factory=TrainConfig)
+    eval: EvalConfig = Field(default_factory=EvalConfig)
+
+    @model_validator(mode="after")
+    def _check(self) -> Config:
+        if self.optim.warmup_epochs > self.train.epochs:
+            raise ValueError("optim.warmup_epochs is larger than train.epochs")
+        return self
+
+    def to_dict(self) -> dict[str, Any]:
+        return self.model_dump(mode="json")
+
+
+def _set_dotted(tree: dict[str, Any], dotted: str, value: Any) -> None:
+    keys = dotted.split(".")
+    node = tree
+    for key in keys[:-1]:
+        node = node.setdefault(key, {})
+        if not isinstance(node, dict):
+            raise ValueError(f"override {dotted!r}: {key!r} is not a section")
+    node[keys[-1]] = value
+
+
+def parse_overrides(overrides: list[str]) -> list[tuple[str, Any]]:
+    """``["train.epochs=3", "data.train=[a.json,b.json]"]`` → dotted keys with YAML-parsed values."""
+    parsed = []
+    for item in overrides:
+        if "=" not in item:
+            raise ValueError(f"override {item!r} must look like section.key=value")
+        key, raw = item.split("=", 1)
+        parsed.append((key.strip(), yaml.safe_load(raw) if raw.strip() else None))
+    return parsed
+
+
+def _resolve_paths(raw: dict[str, Any], base: Path) -> None:
+    data = raw.get("data") or {}
+
+    def fix(p: Any) -> Any:
+        if isinstance(p, str) and p and not Path(p).expanduser().is_absolute():
+            return str((base / p).resolve())
+        return str(Path(p).expanduser()) if isinstance(p, str) else p
+
+    train = data.get("train")
+    if isinstance(train, (str, list)):
+        items = [train] if isinstance(train, str) else train
+        data["train"] = [
+            {**item, "path": fix(item["path"])} if isinstance(item, dict) and "path" in item else fix(item)
+            for item in items
+        ]
+    if isinstance(data.get("test"), dict):
+        data["test"] = {k: fix(v) for k, v in data["test"].items()}
+    model = raw.get("model") or {}
+    if isinstance(model.get("init_checkpoint"), str):
+        model["init_checkpoint"] = fix(model["init_checkpoint"])
+    kwargs = model.get("kwargs") or {}
+    for key, value in list(kwargs.items()):
+        if key.endswith("_path") and isinstance(value, str):
+            kwargs[key] = fix(value)
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None, base: dict | None = None) -> Config:
+    """Read a YAML/TOML config, apply dotted overrides, resolve relative paths, validate."""
+    raw: dict[str, Any] = dict(base or {})
+    root = Path.cwd()
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise FileNotFoundError(f"config file not found: {path}")
+        text = path.read_text()
+        raw = tomllib.loads(text) if path.suffix == ".toml" else (yaml.safe_load(text) or {})
+        if not isinstance(raw, dict):
+            raise ValueError(f"{path}: a config must be a mapping with sections model/data/optim/train/eval")
+        root = path.resolve().parent
+    _resolve_paths(raw, root)
+    for key, value in parse_overrides(overrides or []):
+        # Paths given on the command line are relative to the working directory, not the config.
+        single: dict[str, Any] = {}
+        _set_dotted(single, key, value)
+        _resolve_paths(single, Path.cwd())
+        _deep_merge(raw, single)
+    return Config.model_validate(raw)
+
+
+def _deep_merge(into: dict[str, Any], update: dict[str, Any]) -> None:
+    for key, value in update.items():
+        if isinstance(value, dict) and isinstance(into.get(key), dict):
+            _deep_merge(into[key], value)
+        else:
+            into[key] = value

@@ -1,0 +1,86 @@
+"""The one evaluation loop: training-time validation, ``forgeloc test`` and robustness all use it."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from contextlib import nullcontext
+from typing import Any
+
+import torch
+import torch.distributed as dist
+from torch import nn
+
+from forgeloc.engine.checkpointing import unwrap
+from forgeloc.metrics import ForgeryMetrics
+
+
+def autocast_context(device: torch.device, amp: str):
+    """bf16 autocast on CPU or GPU, fp16 on GPU only, or nothing."""
+    if amp == "none":
+        return nullcontext()
+    if amp == "fp16" and device.type != "cuda":
+        raise ValueError("amp=fp16 needs a CUDA device; use amp=bf16 on the CPU")
+    return torch.autocast(device.type, dtype=torch.bfloat16 if amp == "bf16" else torch.float16)
+
+
+def move_batch(batch: dict[str, Any], device: torch.device, channels_last: bool = False) -> dict[str, Any]:
+    out = {}
+    for key, value in batch.items():
+        if isinstance(value, torch.Tensor):
+            value = value.to(device, non_blocking=True)
+            if channels_last and key == "image":
+                value = value.contiguous(memory_format=torch.channels_last)
+        out[key] = value
+    return out
+
+
+@torch.no_grad()
+def evaluate(
+    model: nn.Module,
+    loader: Iterable[dict[str, Any]],
+    device: torch.device,
+    *,
+    definition: str = "forgeloc",
+    threshold: float = 0.5,
+    image_score: str = "max",
+    amp: str = "none",
+    channels_last: bool = False,
+    on_batch: Callable[[dict[str, Any], dict[str, Any]], None] | None = None,
+) -> dict[str, Any]:
+    """Run ``model`` over ``loader`` and return every metric (synced across processes).
+
+    Each process must see a disjoint shard of the dataset (see ``ShardSampler``); the metrics
+    de-duplicate by the samples' ``index`` in any case. ``on_batch(batch, output)`` lets callers
+    collect predictions (e.g. sample heatmaps for TensorBoard) without a second loop.
+    """
+    net = unwrap(model)
+    was_training = net.training
+    net.eval()
+    metrics = ForgeryMetrics(definition=definition, threshold=threshold, image_score=image_score)
+    metrics.to(device)
+    loss_sum = torch.zeros(2, dtype=torch.float64, device=device)
+    for batch in loader:
+        batch = move_batch(batch, device, channels_last)
+        with autocast_context(device, amp):
+            out = net(batch)
+        pred = out["pred_mask"].float()
+        metrics.update(
+            pred,
+            batch["mask"],
+            shape_mask=batch.get("shape_mask"),
+            label=batch.get("label"),
+            pred_label=None if out.get("pred_label") is None else out["pred_label"].float(),
+            index=batch.get("index"),
+        )
+        if out.get("loss") is not None:
+            n = pred.shape[0]
+            loss_sum += torch.tensor([float(out["loss"]) * n, n], dtype=torch.float64, device=device)
+        if on_batch is not None:
+            on_batch(batch, out)
+    results = dict(metrics.compute())
+    if dist.is_available() and dist.is_initialized():
+        dist.all_reduce(loss_sum)
+    if loss_sum[1] > 0:
+        results["loss"] = float(loss_sum[0] / loss_sum[1])
+    net.train(was_training)
+    return results

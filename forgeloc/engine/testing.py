@@ -1,0 +1,105 @@
+"""``forgeloc test``: evaluate one checkpoint on several test sets, write one table."""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from pathlib import Path
+from typing import Any
+
+from forgeloc import __version__
+from forgeloc.checkpoint import MODEL_FILE, load_model
+from forgeloc.engine.config import Config, DataConfig, EvalConfig, ModelConfig, TrainConfig
+from forgeloc.engine.data import build_eval_loader
+from forgeloc.engine.distributed import DistInfo, cleanup_distributed, init_distributed
+from forgeloc.engine.evaluate import evaluate
+from forgeloc.engine.logger import console, metrics_table, setup_logging
+from forgeloc.engine.tables import write_tables
+
+log = logging.getLogger(__name__)
+
+
+def file_sha256(path: Path, chunk: int = 1 << 20) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while block := fh.read(chunk):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def eval_setup(
+    checkpoint: str | Path,
+    model_name: str | None = None,
+    *,
+    input_mode: str | None = None,
+    input_size: int | None = None,
+    definition: str = "forgeloc",
+    threshold: float | None = None,
+    image_score: str | None = None,
+    batch_size: int = 4,
+    num_workers: int = 2,
+    device: str | None = None,
+    info: DistInfo | None = None,
+) -> tuple[Any, Config, DistInfo, dict[str, Any]]:
+    """Load a model for evaluation and the config that describes how to feed it."""
+    info = info or init_distributed(device)
+    model, meta = load_model(checkpoint, model=model_name)
+    model.to(info.device)
+    recorded_input = meta.get("input") or {}
+    size = input_size or recorded_input.get("size") or getattr(model, "input_size", None) or 512
+    cfg = Config(
+        model=ModelConfig(name=meta["model"], kwargs=meta.get("model_kwargs", {})),
+        data=DataConfig(input_mode=input_mode or recorded_input.get("mode", "resize"), input_size=size,
+                        num_workers=num_workers, augment="none"),
+        train=TrainConfig(batch_size=batch_size),
+        eval=EvalConfig(
+            definition=definition,
+            threshold=threshold if threshold is not None else meta.get("threshold", 0.5),
+            image_score=image_score or meta.get("image_score", "max"),
+            batch_size=batch_size,
+        ),
+    )
+    weights = Path(meta["checkpoint"])
+    weights = weights / MODEL_FILE if weights.is_dir() else weights
+    meta = {**meta, "weights_sha256": file_sha256(weights), "input_size": size, "input_mode": cfg.data.input_mode}
+    return model, cfg, info, meta
+
+
+def run_test(
+    checkpoint: str | Path,
+    datasets: dict[str, str],
+    out_dir: str | Path,
+    *,
+    model_name: str | None = None,
+    **setup: Any,
+) -> dict[str, dict[str, Any]]:
+    """Evaluate ``checkpoint`` on each named dataset; write ``metrics.{md,csv,json}`` to ``out_dir``."""
+    info = init_distributed(setup.pop("device", None))
+    setup_logging(enabled=info.is_main)
+    try:
+        model, cfg, info, meta = eval_setup(checkpoint, model_name, info=info, **setup)
+        rows: dict[str, dict[str, Any]] = {}
+        for name, source in datasets.items():
+            loader = build_eval_loader(source, cfg, info, size=cfg.data.input_size)
+            rows[name] = evaluate(
+                model, loader, info.device, definition=cfg.eval.definition, threshold=cfg.eval.threshold,
+                image_score=cfg.eval.image_score,
+            )
+        if info.is_main:
+            table_meta = {
+                "checkpoint": meta["checkpoint"],
+                "model": meta["model"],
+                "weights_sha256": meta["weights_sha256"],
+                "definition": cfg.eval.definition,
+                "threshold": cfg.eval.threshold,
+                "image_score": cfg.eval.image_score,
+                "input": f"{cfg.data.input_mode} {cfg.data.input_size}",
+                "metrics_resolution": "model input (masks resized with nearest neighbour, as IMDLBenCo)",
+                "forgeloc_version": __version__,
+                "datasets": datasets,
+            }
+            write_tables(rows, out_dir, "metrics", table_meta)
+            console.print(metrics_table(rows, title=f"{meta['model']} ({cfg.eval.definition} definition)"))
+        return rows
+    finally:
+        cleanup_distributed()

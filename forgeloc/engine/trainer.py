@@ -1,0 +1,392 @@
+"""The training loop. It knows nothing about a particular model: it only uses the contract of
+:mod:`forgeloc.models.base` (a batch dict in; ``loss``, ``loss_terms`` and ``pred_mask`` out).
+
+Single process: ``forgeloc train --config C``. Several GPUs / nodes: the same command under
+``torchrun``; DDP, distributed samplers, synced metrics and rank-0-only writing follow from the
+launcher's environment.
+
+Exact resume: every epoch's randomness is a pure function of (seed, epoch, rank) — the sampler's
+permutation, each sample's augmentation (seeded by the dataset from seed/epoch/index) and the
+global torch RNG (re-seeded at the start of each epoch for dropout / drop-path). A checkpoint is
+written only at the end of an epoch, completely or not at all, so ``--resume`` restarts the
+interrupted epoch from the last complete checkpoint and, in deterministic mode on the CPU, ends
+with bit-identical weights.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import time
+from contextlib import nullcontext
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import yaml
+from forgeloc.data.transforms import IMAGENET_MEAN, IMAGENET_STD
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel
+
+from forgeloc import __version__
+from forgeloc.checkpoint import load_model_weights, load_state_dict_file
+from forgeloc.engine.checkpointing import (
+    copy_as_best,
+    find_latest_checkpoint,
+    load_train_state,
+    rng_state,
+    save_checkpoint,
+    set_rng_state,
+    unwrap,
+)
+from forgeloc.engine.config import Config
+from forgeloc.engine.data import build_eval_loader, build_train_dataset, build_train_loader
+from forgeloc.engine.distributed import DistInfo, barrier, cleanup_distributed, init_distributed
+from forgeloc.engine.evaluate import autocast_context, evaluate, move_batch
+from forgeloc.engine.logger import RunLogger, console, metrics_table, setup_logging, train_progress
+from forgeloc.engine.optim import build_optimizer, learning_rate, set_learning_rate
+from forgeloc.models.registry import create_model
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class TrainResult:
+    """What a finished run leaves behind."""
+
+    output_dir: Path
+    last_checkpoint: Path | None
+    best_checkpoint: Path | None
+    history: list[dict[str, Any]] = field(default_factory=list)
+    final_metrics: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+
+def enable_determinism() -> None:
+    """Deterministic kernels (bit-identical reruns on the CPU; on CUDA as far as PyTorch allows)."""
+    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    torch.use_deterministic_algorithms(True, warn_only=True)
+    torch.backends.cudnn.benchmark = False
+    torch.backends.cudnn.deterministic = True
+
+
+def epoch_seed(seed: int, epoch: int, rank: int) -> int:
+    return int(np.random.SeedSequence([seed, epoch, rank]).generate_state(1, dtype=np.uint64)[0] % 2**63)
+
+
+def build_model(cfg: Config) -> nn.Module:
+    """The configured model, with its auxiliary loss and initial weights when asked for."""
+    model = create_model(cfg.model.name, **cfg.model.kwargs)
+    if cfg.model.init_checkpoint:
+        load_model_weights(model, cfg.model.init_checkpoint, strict=True)
+        log.info("initialised %s from %s", cfg.model.name, cfg.model.init_checkpoint)
+    if cfg.model.aux_loss:
+        from forgeloc.losses import wrap_with_aux_loss
+
+        model = wrap_with_aux_loss(model, dict(cfg.model.aux_loss))
+    return model
+
+
+def model_input_size(model: nn.Module, cfg: Config) -> int:
+    """The square input size to train and evaluate at; a clear error if model and config disagree."""
+    net = getattr(model, "model", model)  # an auxiliary-loss wrapper keeps the model inside
+    required = getattr(net, "input_size", None)
+    size = cfg.data.input_size
+    if required is not None and required != size:
+        raise ValueError(
+            f"model {cfg.model.name} takes {required}x{required} inputs but data.input_size is {size}; "
+            f"set data.input_size={required}"
+        )
+    divisor = getattr(net, "size_divisor", 1)
+    if size % divisor:
+        raise ValueError(f"data.input_size={size} must be a multiple of {divisor} for {cfg.model.name}")
+    return size
+
+
+def inference_config(cfg: Config, model: nn.Module, size: int, epoch: int, metrics: dict | None) -> dict[str, Any]:
+    """``config.json`` of a checkpoint: everything ``forgeloc.load`` needs to predict."""
+    net = unwrap(model)
+    inner = getattr(net, "model", net)
+    return {
+        "format": "forgeloc-checkpoint",
+        "format_version": 1,
+        "forgeloc_version": __version__,
+        "model": cfg.model.name,
+        "model_kwargs": dict(getattr(inner, "model_kwargs", cfg.model.kwargs)),
+        "aux_loss": cfg.model.aux_loss,
+        "input": {"mode": cfg.data.input_mode, "size": size},
+        "normalization": {"mean": list(IMAGENET_MEAN), "std": list(IMAGENET_STD)},
+        "threshold": cfg.eval.threshold,
+        "image_score": cfg.eval.image_score,
+        "epoch": epoch,
+        "metrics": metrics or {},
+        "train_config": cfg.to_dict(),
+    }
+
+
+def _denormalize(image: torch.Tensor) -> torch.Tensor:
+    mean = torch.tensor(IMAGENET_MEAN, device=image.device).view(1, 3, 1, 1)
+    std = torch.tensor(IMAGENET_STD, device=image.device).view(1, 3, 1, 1)
+    return (image.float() * std + mean).clamp(0, 1)
+
+
+class Trainer:
+    """Runs a :class:`~forgeloc.engine.config.Config` to completion (see the module docstring)."""
+
+    def __init__(self, cfg: Config, resume: str | Path | None = None, device: str | None = None) -> None:
+        self.cfg = cfg
+        self.resume = Path(resume) if resume else None
+        self.device_request = device
+
+    # ---------------------------------------------------------------------------------------------
+    def fit(self) -> TrainResult:
+        info = init_distributed(self.device_request)
+        try:
+            return self._fit(info)
+        finally:
+            cleanup_distributed()
+
+    def _fit(self, info: DistInfo) -> TrainResult:
+        cfg = self.cfg
+        setup_logging(enabled=info.is_main)
+        out_dir = Path(cfg.train.output_dir)
+        if cfg.train.deterministic:
+            enable_determinism()
+        torch.manual_seed(cfg.train.seed + info.rank)
+        np.random.seed((cfg.train.seed + info.rank) % 2**32)
+
+        model = build_model(cfg)
+        size = model_input_size(model, cfg)
+        model.to(info.device)
+        if cfg.train.channels_last:
+            model.to(memory_format=torch.channels_last)
+        optimizer = build_optimizer(model, cfg.optim)
+        use_scaler = cfg.train.amp == "fp16"
+        if use_scaler and info.device.type != "cuda":
+            raise ValueError("train.amp=fp16 needs a CUDA device; use train.amp=bf16 on the CPU")
+        scaler = torch.amp.GradScaler("cuda", enabled=use_scaler)
+
+        start_epoch, best_value, best_epoch, history = 0, None, None, []
+        if self.resume is not None:
+            ckpt = find_latest_checkpoint(self.resume)
+            if ckpt is None:
+                raise FileNotFoundError(f"--resume {self.resume}: no complete checkpoint found there")
+            unwrap(model).load_state_dict(load_state_dict_file(ckpt), strict=True)
+            state = load_train_state(ckpt)
+            optimizer.load_state_dict(state["optimizer"])
+            scaler.load_state_dict(state["scaler"])
+            set_rng_state(state["rng"])
+            start_epoch = int(state["epoch"]) + 1
+            best_value, best_epoch = state.get("best_value"), state.get("best_epoch")
+            history = list(state.get("history", []))
+            log.info("resumed from %s: continuing at epoch %d", ckpt, start_epoch)
+
+        if info.is_main:
+            out_dir.mkdir(parents=True, exist_ok=True)
+            (out_dir / "config.yaml").write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+            pre = getattr(unwrap(model), "pretrained_note", None)
+            n_params = sum(p.numel() for p in model.parameters())
+            log.info("model %s: %s parameters%s", cfg.model.name, f"{n_params:,}", f" ({pre})" if pre else "")
+        run_log = RunLogger(out_dir, enabled=info.is_main, tensorboard=cfg.train.tensorboard)
+
+        train_model: nn.Module = model
+        if info.distributed:
+            if info.device.type != "cuda" and any(isinstance(m, nn.BatchNorm2d) for m in model.modules()):
+                log.info("gloo DDP: BatchNorm statistics stay per process (SyncBatchNorm needs NCCL)")
+            elif info.device.type == "cuda":
+                train_model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
+            train_model = DistributedDataParallel(
+                train_model,
+                device_ids=[info.local_rank] if info.device.type == "cuda" else None,
+                find_unused_parameters=True,  # the paper models keep tensors they never use
+            )
+        if cfg.train.compile:
+            train_model = torch.compile(train_model)
+
+        dataset = build_train_dataset(cfg, size)
+        loader, sampler = build_train_loader(cfg, dataset, info)
+        accum = cfg.train.accum_steps
+        steps_per_epoch = len(loader) // accum
+        if cfg.train.max_steps_per_epoch:
+            steps_per_epoch = min(steps_per_epoch, cfg.train.max_steps_per_epoch)
+        if steps_per_epoch < 1:
+            raise ValueError(f"one epoch has {len(loader)} batches, fewer than train.accum_steps={accum}")
+        test_loaders = {
+            name: build_eval_loader(path, cfg, info, size=size) for name, path in cfg.data.test.items()
+        }
+        if info.is_main:
+            log.info(
+                "training %d epochs × %d steps (batch %d × accum %d × %d processes) on %s; %d samples per epoch",
+                cfg.train.epochs, steps_per_epoch, cfg.train.batch_size, accum, info.world_size,
+                info.device, len(dataset),
+            )
+
+        last_ckpt: Path | None = None
+        best_ckpt: Path | None = (out_dir / "best") if best_epoch is not None else None
+        final_metrics: dict[str, dict[str, Any]] = {}
+        for epoch in range(start_epoch, cfg.train.epochs):
+            torch.manual_seed(epoch_seed(cfg.train.seed, epoch, info.rank))
+            if hasattr(dataset, "set_epoch"):
+                dataset.set_epoch(epoch)
+            sampler.set_epoch(epoch)
+            t0 = time.time()
+            train_stats = self._train_one_epoch(
+                train_model, loader, optimizer, scaler, info, epoch, steps_per_epoch, run_log
+            )
+            seconds = round(time.time() - t0, 2)
+            record: dict[str, Any] = {"type": "train", "epoch": epoch, "seconds": seconds, **train_stats}
+            run_log.jsonl(record)
+            history.append(record)
+
+            last = epoch == cfg.train.epochs - 1
+            results: dict[str, dict[str, Any]] = {}
+            if test_loaders and ((epoch + 1) % cfg.train.eval_every == 0 or last):
+                results = self._evaluate_all(model, test_loaders, info, epoch, run_log)
+                final_metrics = results
+            improved = False
+            if results:
+                value = _selection_value(results, cfg.train.best_metric)
+                if value is not None and (best_value is None or value > best_value):
+                    best_value, best_epoch, improved = value, epoch, True
+                eval_record = {"type": "eval", "epoch": epoch, "results": results,
+                               "selection": {cfg.train.best_metric: value}, "best_epoch": best_epoch}
+                run_log.jsonl(eval_record)
+                history.append(eval_record)
+
+            if (epoch + 1) % cfg.train.save_every == 0 or last or improved:
+                if info.is_main:
+                    state = {
+                        "optimizer": optimizer.state_dict(),
+                        "scaler": scaler.state_dict(),
+                        "rng": rng_state(),
+                        "epoch": epoch,
+                        "best_value": best_value,
+                        "best_epoch": best_epoch,
+                        "history": history,
+                        "forgeloc_version": __version__,
+                    }
+                    last_ckpt = save_checkpoint(
+                        out_dir, epoch, unwrap(model).state_dict(),
+                        inference_config(cfg, model, size, epoch, results or None), state,
+                        keep_last=cfg.train.keep_last,
+                    )
+                    if improved:
+                        best_ckpt = copy_as_best(last_ckpt, out_dir)
+                        log.info("new best %s = %.4f at epoch %d", cfg.train.best_metric, best_value, epoch)
+                barrier()
+        run_log.close()
+        if info.is_main and final_metrics:
+            console.print(metrics_table(final_metrics, title=f"{cfg.model.name} — final evaluation"))
+        return TrainResult(out_dir, last_ckpt, best_ckpt, history, final_metrics)
+
+    # ---------------------------------------------------------------------------------------------
+    def _train_one_epoch(
+        self,
+        model: nn.Module,
+        loader: Any,
+        optimizer: torch.optim.Optimizer,
+        scaler: torch.amp.GradScaler,
+        info: DistInfo,
+        epoch: int,
+        steps_per_epoch: int,
+        run_log: RunLogger,
+    ) -> dict[str, float]:
+        cfg = self.cfg
+        accum = cfg.train.accum_steps
+        model.train()
+        optimizer.zero_grad(set_to_none=True)
+        sums: dict[str, float] = {}
+        n_steps = 0
+        lr = 0.0
+        data_iter = iter(loader)
+        with train_progress(info.is_main) as progress:
+            task = progress.add_task(f"epoch {epoch + 1}/{cfg.train.epochs}", total=steps_per_epoch, loss="-", lr="-")
+            for micro_step in range(steps_per_epoch * accum):
+                batch = move_batch(next(data_iter), info.device, cfg.train.channels_last)
+                opt_step, micro = divmod(micro_step, accum)
+                if micro == 0:
+                    lr = learning_rate(cfg.optim, epoch + opt_step / steps_per_epoch, cfg.train.epochs)
+                    set_learning_rate(optimizer, lr)
+                defer_sync = isinstance(model, DistributedDataParallel) and micro < accum - 1
+                sync = model.no_sync() if defer_sync else nullcontext()
+                with sync:
+                    with autocast_context(info.device, cfg.train.amp):
+                        out = model(batch)
+                    loss = out["loss"]
+                    if not torch.isfinite(loss):
+                        terms = {k: float(v) for k, v in out.get("loss_terms", {}).items()}
+                        raise FloatingPointError(
+                            f"non-finite loss {float(loss)} at epoch {epoch}, step {opt_step} (terms {terms}); "
+                            "lower optim.lr, enable optim.grad_clip, or check the data"
+                        )
+                    scaler.scale(loss / accum).backward()
+                terms = {"loss": loss.detach(), **{k: v.detach() for k, v in out.get("loss_terms", {}).items()}}
+                for k, v in terms.items():
+                    sums[k] = sums.get(k, 0.0) + float(v) / accum
+                if micro < accum - 1:
+                    continue
+                if cfg.optim.grad_clip:
+                    scaler.unscale_(optimizer)
+                    nn.utils.clip_grad_norm_(model.parameters(), cfg.optim.grad_clip)
+                scaler.step(optimizer)
+                scaler.update()
+                optimizer.zero_grad(set_to_none=True)
+                n_steps += 1
+                global_step = epoch * steps_per_epoch + opt_step
+                progress.update(task, advance=1, loss=f"{sums['loss'] / n_steps:.4f}", lr=f"{lr:.2e}")
+                if global_step % cfg.train.log_every == 0:
+                    run_log.scalars({k: float(v) for k, v in terms.items()}, global_step, prefix="train/")
+                    run_log.scalars({"lr": lr}, global_step, prefix="train/")
+        stats = torch.tensor([sums[k] for k in sorted(sums)] + [n_steps], dtype=torch.float64, device=info.device)
+        if info.distributed:
+            torch.distributed.all_reduce(stats)
+        means = {f"train_{k}": float(stats[i] / stats[-1]) for i, k in enumerate(sorted(sums))}
+        means["lr"] = lr
+        run_log.scalars(means, (epoch + 1) * steps_per_epoch, prefix="epoch/")
+        return means
+
+    def _evaluate_all(
+        self, model: nn.Module, loaders: dict[str, Any], info: DistInfo, epoch: int, run_log: RunLogger
+    ) -> dict[str, dict[str, Any]]:
+        cfg = self.cfg
+        results = {}
+        step = (epoch + 1)
+        for name, loader in loaders.items():
+            samples: list[torch.Tensor] = []
+
+            def keep_samples(batch: dict[str, Any], out: dict[str, Any], samples=samples) -> None:
+                if not samples and info.is_main:
+                    k = min(4, batch["image"].shape[0])
+                    mask = batch["mask"][:k].float().expand(-1, 3, -1, -1)
+                    pred = out["pred_mask"][:k].float().expand(-1, 3, -1, -1)
+                    samples.append(torch.cat([_denormalize(batch["image"][:k]), mask, pred], dim=3).cpu())
+
+            res = evaluate(
+                model, loader, info.device, definition=cfg.eval.definition, threshold=cfg.eval.threshold,
+                image_score=cfg.eval.image_score, amp=cfg.train.amp, channels_last=cfg.train.channels_last,
+                on_batch=keep_samples,
+            )
+            results[name] = res
+            run_log.scalars({k: v for k, v in res.items() if isinstance(v, (int, float))}, step, prefix=f"test/{name}/")
+            if samples:
+                run_log.images(f"test/{name}/image|mask|prediction", samples[0], step)
+        if info.is_main:
+            console.print(metrics_table(results, title=f"evaluation after epoch {epoch + 1}"))
+        return results
+
+
+def _selection_value(results: dict[str, dict[str, Any]], metric: str) -> float | None:
+    values = [
+        r[metric] for r in results.values() if isinstance(r.get(metric), (int, float)) and math.isfinite(r[metric])
+    ]
+    if not values:
+        log.warning("selection metric %r is not available in the evaluation results", metric)
+        return None
+    return float(np.mean(values))
+
+
+def train(cfg: Config, resume: str | Path | None = None, device: str | None = None) -> TrainResult:
+    """Train ``cfg`` (see :class:`Trainer`)."""
+    return Trainer(cfg, resume=resume, device=device).fit()
