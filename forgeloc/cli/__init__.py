@@ -32,9 +32,11 @@ def _root(
 
 # Each module defines ``register(app)``; the order is the order of ``forgeloc --help``.
 _COMMAND_MODULES = (
+    "synth",
     "train",
     "test",
     "convert",
+    "bench",
 )
 
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
-from contextlib import nullcontext
 from typing import Any
 
 import torch
@@ -11,27 +10,8 @@ import torch.distributed as dist
 from torch import nn
 
 from forgeloc.engine.checkpointing import unwrap
+from forgeloc.engine.runtime import autocast_context, move_batch
 from forgeloc.metrics import ForgeryMetrics
-
-
-def autocast_context(device: torch.device, amp: str):
-    """bf16 autocast on CPU or GPU, fp16 on GPU only, or nothing."""
-    if amp == "none":
-        return nullcontext()
-    if amp == "fp16" and device.type != "cuda":
-        raise ValueError("amp=fp16 needs a CUDA device; use amp=bf16 on the CPU")
-    return torch.autocast(device.type, dtype=torch.bfloat16 if amp == "bf16" else torch.float16)
-
-
-def move_batch(batch: dict[str, Any], device: torch.device, channels_last: bool = False) -> dict[str, Any]:
-    out = {}
-    for key, value in batch.items():
-        if isinstance(value, torch.Tensor):
-            value = value.to(device, non_blocking=True)
-            if channels_last and key == "image":
-                value = value.contiguous(memory_format=torch.channels_last)
-        out[key] = value
-    return out
 
 
 @torch.no_grad()

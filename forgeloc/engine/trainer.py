@@ -45,9 +45,10 @@ from forgeloc.engine.checkpointing import (
 from forgeloc.engine.config import Config
 from forgeloc.engine.data import build_eval_loader, build_train_dataset, build_train_loader
 from forgeloc.engine.distributed import DistInfo, barrier, cleanup_distributed, init_distributed
-from forgeloc.engine.evaluate import autocast_context, evaluate, move_batch
+from forgeloc.engine.evaluate import evaluate
 from forgeloc.engine.logger import RunLogger, console, metrics_table, setup_logging, train_progress
 from forgeloc.engine.optim import build_optimizer, learning_rate, set_learning_rate
+from forgeloc.engine.runtime import autocast_context, move_batch
 from forgeloc.models.registry import create_model
 
 log = logging.getLogger(__name__)

@@ -1,0 +1,43 @@
+"""``forgeloc bench``: params, FLOPs, latency, throughput and memory per model."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import typer
+
+
+def bench(
+    model: list[str] = typer.Option(["unet_baseline"], "--model", "-m", help="Registered model; repeat for several."),
+    device: str = typer.Option("cpu", help="cpu or cuda."),
+    batch: int = typer.Option(1, help="Batch size."),
+    size: int | None = typer.Option(None, help="Square input side (default: the model's native size)."),
+    train: bool = typer.Option(False, "--train", help="Time a training step (forward + backward + AdamW)."),
+    repeats: int = typer.Option(10, help="Timed repeats after warm-up."),
+    warmup: int = typer.Option(3, help="Untimed calls before timing (the first is reported separately)."),
+    amp: str = typer.Option("none", help="none | bf16 | fp16 (fp16 on CUDA only)."),
+    channels_last: bool = typer.Option(False, help="Use channels-last memory format."),
+    compile: bool = typer.Option(False, "--compile", help="torch.compile the model."),
+    threads: int | None = typer.Option(None, help="torch CPU threads (default: torch's choice)."),
+    flops: bool = typer.Option(True, help="Count fvcore FLOPs (inference only)."),
+    json_out: Path | None = typer.Option(None, "--json", help="Also write the results to this JSON file."),
+) -> None:
+    """Benchmark models, each in a fresh process: params, fvcore FLOPs, first-call and median latency,
+    images per second, and peak memory above the loaded weights (RSS on CPU, max allocated on CUDA)."""
+    from forgeloc.engine.bench import results_markdown, run_benchmarks
+
+    results = run_benchmarks(
+        list(model), device=device, batch=batch, size=size, train=train, repeats=repeats, warmup=warmup,
+        amp=amp, channels_last=channels_last, compile=compile, threads=threads, flops=flops,
+    )
+    typer.echo(results_markdown(results))
+    if json_out:
+        json_out.parent.mkdir(parents=True, exist_ok=True)
+        json_out.write_text(json.dumps(results, indent=2))
+    if any("error" in r for r in results):
+        raise typer.Exit(1)
+
+
+def register(app: typer.Typer) -> None:
+    app.command("bench")(bench)
