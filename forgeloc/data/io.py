@@ -221,7 +221,8 @@ def _decode(img: Image.Image, where: str, exif_transpose: bool) -> Image.Image:
     except Exception as err:
         reason = str(err) or type(err).__name__
         raise ImageReadError(where, f"truncated or corrupt image data ({reason})") from err
-    if exif_transpose:
+    # exif_transpose copies the image even when there is nothing to do: skip the common case.
+    if exif_transpose and _orientation(img) != 1:
         try:
             transposed = ImageOps.exif_transpose(img)
         except Exception as err:  # a broken EXIF block must not hide good pixels, but must be said
@@ -235,7 +236,7 @@ def _decode(img: Image.Image, where: str, exif_transpose: bool) -> Image.Image:
 def _orientation(img: Image.Image) -> int:
     try:
         return int(img.getexif().get(_EXIF_ORIENTATION_TAG, 1))
-    except Exception:
+    except Exception:  # unreadable EXIF: treated as "no rotation" (a warning comes from _decode)
         return 1
 
 
@@ -281,12 +282,13 @@ def _to_rgb(img: Image.Image, where: str, *, alpha: str) -> np.ndarray:
             # Rounded integer "over" operator onto white: rgb·a/255 + 255·(1 − a/255).
             out = (rgb * a + 255 * (255 - a) + 127) // 255
             return np.ascontiguousarray(out.astype(np.uint8))
+        # np.array (not asarray): the caller gets a writeable array it owns.
         if img.mode == "RGB":
-            rgb = np.asarray(img)
+            rgb = np.array(img)
         elif img.mode == "1":
-            rgb = np.asarray(img.convert("L").convert("RGB"))
+            rgb = np.array(img.convert("L").convert("RGB"))
         else:
-            rgb = np.asarray(img.convert("RGB"))
+            rgb = np.array(img.convert("RGB"))
     except (ValueError, OSError) as err:
         raise ImageReadError(where, f"unsupported image mode {img.mode!r} ({err})") from err
     if rgb.dtype != np.uint8 or rgb.ndim != 3 or rgb.shape[2] != 3:
@@ -372,6 +374,12 @@ def read_mask_gray(
                 where,
                 int((alpha_band < 255).sum()),
             )
+    # Single-channel masks (the usual case): the mean of three equal channels is the value itself.
+    gray = _single_channel_uint8(img)
+    if gray is None and img.mode in ("L", "1", "LA", "La"):
+        gray = np.asarray(img.convert("L") if img.mode != "L" else img)
+    if gray is not None:
+        return gray.astype(np.float32)
     rgb = _to_rgb(img, where, alpha="ignore")
     # Integer sum then one division keeps the mean exact (no float accumulation order effects).
     return (rgb.astype(np.uint16).sum(axis=2) / 3.0).astype(np.float32)
