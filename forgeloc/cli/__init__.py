@@ -34,6 +34,7 @@ def _root(
 _COMMAND_MODULES = (
     "quickstart",
     "synth",
+    "data",
     "train",
     "test",
     "convert",

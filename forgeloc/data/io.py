@@ -57,6 +57,7 @@ __all__ = [
     "read_image",
     "read_mask",
     "read_mask_gray",
+    "read_mask_rgb",
 ]
 
 logger = logging.getLogger("forgeloc.data")
@@ -349,6 +350,37 @@ def read_image(
     return _to_rgb(img, where, alpha="white")
 
 
+def _open_mask(source: ImageSource, max_pixels: int, name: str | None, exif_transpose: bool) -> tuple[Image.Image, str]:
+    where = _display_name(source, name)
+    img = _open(_read_bytes(source, where), where, max_pixels)
+    img = _decode(img, where, exif_transpose)
+    if _has_alpha(img):
+        alpha_band = np.asarray(img.convert("RGBA"))[:, :, 3]
+        if alpha_band.min() < 255:
+            logger.warning(
+                "%s: mask has transparency (%d pixels not fully opaque); the alpha channel is ignored and "
+                "the RGB values decide, as in IMDLBenCo",
+                where,
+                int((alpha_band < 255).sum()),
+            )
+    return img, where
+
+
+def read_mask_rgb(
+    source: ImageSource,
+    *,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+    name: str | None = None,
+    exif_transpose: bool = True,
+) -> np.ndarray:
+    """A mask file as ``H×W×3`` uint8 RGB with alpha *ignored* (what IMDLBenCo thresholds).
+
+    Useful to inspect colour-coded masks; :func:`read_mask` is what the datasets use.
+    """
+    img, where = _open_mask(source, max_pixels, name, exif_transpose)
+    return _to_rgb(img, where, alpha="ignore")
+
+
 def read_mask_gray(
     source: ImageSource,
     *,
@@ -362,18 +394,7 @@ def read_mask_gray(
     ``convert("RGB")`` does); a warning is logged when the mask is not fully opaque. 16-bit and
     float masks are brought to 8 bits first (see the module docstring).
     """
-    where = _display_name(source, name)
-    img = _open(_read_bytes(source, where), where, max_pixels)
-    img = _decode(img, where, exif_transpose)
-    if _has_alpha(img):
-        alpha_band = np.asarray(img.convert("RGBA"))[:, :, 3]
-        if alpha_band.min() < 255:
-            logger.warning(
-                "%s: mask has transparency (%d transparent-ish pixels); the alpha channel is ignored and "
-                "the RGB values decide, as in IMDLBenCo",
-                where,
-                int((alpha_band < 255).sum()),
-            )
+    img, where = _open_mask(source, max_pixels, name, exif_transpose)
     # Single-channel masks (the usual case): the mean of three equal channels is the value itself.
     gray = _single_channel_uint8(img)
     if gray is None and img.mode in ("L", "1", "LA", "La"):
