@@ -29,8 +29,8 @@ def train(
     from forgeloc.engine.config import load_config
     from forgeloc.engine.trainer import train as run_training
 
-    if config is None and resume is None:
-        fail("give --config FILE (or --resume RUN_FOLDER to continue a run)")
+    if config is None and resume is None and not overrides:
+        fail("give --config FILE, dotted overrides (model.name=... data.train=...), or --resume RUN_FOLDER")
     if config is None and resume is not None:
         saved = resume / "config.yaml" if resume.is_dir() else None
         if saved is None or not saved.is_file():

@@ -6,10 +6,10 @@ from collections.abc import Callable, Iterator, Sized
 
 import numpy as np
 import torch
-from forgeloc.data.datasets import BalancedDataset, ForgeryDataset, load_records
-from forgeloc.data.transforms import SampleTransform, augmentation_preset
 from torch.utils.data import ConcatDataset, DataLoader, Dataset, DistributedSampler, Sampler
 
+from forgeloc.data.datasets import BalancedDataset, ForgeryDataset, load_records
+from forgeloc.data.transforms import SampleTransform, augmentation_preset
 from forgeloc.engine.config import Config, DataConfig
 from forgeloc.engine.distributed import DistInfo
 

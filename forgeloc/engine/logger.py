@@ -113,22 +113,23 @@ def ordered_metric_keys(rows: dict[str, dict[str, Any]]) -> list[str]:
     return known + sorted(k for k in keys if k not in known)
 
 
-def format_value(value: Any) -> str:
+def format_value(value: Any, key: str = "") -> str:
     if isinstance(value, bool):
         return str(value)
-    if isinstance(value, int):
-        return str(value)
+    if isinstance(value, int) or (key.startswith("n_") and isinstance(value, float) and value.is_integer()):
+        return str(int(value))
     if isinstance(value, float):
         return "nan" if math.isnan(value) else f"{value:.4f}"
     return str(value)
 
 
 def metrics_table(rows: dict[str, dict[str, Any]], title: str = "") -> Table:
+    """One column per dataset (or model), one row per metric: stays readable with many metrics."""
     keys = ordered_metric_keys(rows)
     table = Table(title=title or None)
-    table.add_column("dataset")
+    table.add_column("metric")
+    for name in rows:
+        table.add_column(name, justify="right")
     for k in keys:
-        table.add_column(k, justify="right")
-    for name, row in rows.items():
-        table.add_row(name, *(format_value(row.get(k, "")) for k in keys))
+        table.add_row(k, *(format_value(row.get(k, ""), k) for row in rows.values()))
     return table

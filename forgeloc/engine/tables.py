@@ -19,7 +19,7 @@ def markdown_table(rows: dict[str, dict[str, Any]], first_column: str = "dataset
         "|" + "---|" * (len(keys) + 1),
     ]
     for name, row in rows.items():
-        lines.append("| " + " | ".join([name, *(format_value(row.get(k, "")) for k in keys)]) + " |")
+        lines.append("| " + " | ".join([name, *(format_value(row.get(k, ""), k) for k in keys)]) + " |")
     return "\n".join(lines) + "\n"
 
 

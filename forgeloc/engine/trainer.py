@@ -27,12 +27,12 @@ from typing import Any
 import numpy as np
 import torch
 import yaml
-from forgeloc.data.transforms import IMAGENET_MEAN, IMAGENET_STD
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
 from forgeloc import __version__
 from forgeloc.checkpoint import load_model_weights, load_state_dict_file
+from forgeloc.data.transforms import IMAGENET_MEAN, IMAGENET_STD
 from forgeloc.engine.checkpointing import (
     copy_as_best,
     find_latest_checkpoint,
