@@ -91,6 +91,9 @@ class ForgeryMetrics(Metric):
         use_pred_label: use the model's ``pred_label`` when it is passed (default). If ``False``
             the ``image_score`` reduction is always used.
         topk_fraction: fraction of valid pixels averaged by ``image_score="topk_mean"``.
+        imdlbenco_tie_order: only for ``definition="imdlbenco"``'s untied pixel AUC, whose value
+            under tied scores depends on the sort: ``"stable"`` (default, = IMDLBenCo on CUDA,
+            device-independent) or ``"torch_cpu"`` (= IMDLBenCo on CPU, as in the parity fixture).
         **kwargs: passed to ``torchmetrics.Metric`` (e.g. ``process_group``).
 
     ``compute()`` returns a flat ``dict[str, float]``: ``pixel_f1``, ``pixel_f1_pooled``,
@@ -118,6 +121,7 @@ class ForgeryMetrics(Metric):
         image_threshold: float = 0.5,
         use_pred_label: bool = True,
         topk_fraction: float = 0.01,
+        imdlbenco_tie_order: str = "stable",
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
@@ -131,6 +135,9 @@ class ForgeryMetrics(Metric):
             raise ValueError(f"pooled_auc_bins must be >= 2 or None, got {pooled_auc_bins}")
         if not 0 < topk_fraction <= 1:
             raise ValueError(f"topk_fraction must be in (0, 1], got {topk_fraction}")
+        if imdlbenco_tie_order not in ("stable", "torch_cpu"):
+            raise ValueError(f"imdlbenco_tie_order must be 'stable' or 'torch_cpu', got {imdlbenco_tie_order!r}")
+        self.tie_order = imdlbenco_tie_order
         self.definition = definition
         self.threshold = float(threshold)
         self.image_threshold = float(image_threshold)
@@ -179,6 +186,7 @@ class ForgeryMetrics(Metric):
             "image_score": ("pred_label if given, else " if self.use_pred_label else "") + self.image_score,
             "permute": self.orientation,
             "pooled_auc_bins": self.bins,
+            **({"imdlbenco_tie_order": self.tie_order} if self.definition == "imdlbenco" else {}),
         }
 
     # ------------------------------------------------------------------------------------------
@@ -245,7 +253,7 @@ class ForgeryMetrics(Metric):
 
         stats = pixel_stats(
             pred, mask, shape_mask, threshold=self.threshold, definition=self.definition,
-            orientation=self.orientation,
+            orientation=self.orientation, tie_order=self.tie_order,
         )
         n_pos = stats[:, PIXEL_COLUMNS.index("n_pos")]
         if label is None:
@@ -286,15 +294,32 @@ class ForgeryMetrics(Metric):
         if self.definition == "forgeloc":  # authentic images stay out of the pooled AUC
             tampered = (stats[:, PIXEL_COLUMNS.index("n_pos")] > 0).to(pred.device).view(-1, 1, 1, 1)
             valid = valid & tampered
-        hist_rest = FM.score_histogram(scores[:-1][valid[:-1]], mask[:-1][valid[:-1]], self.bins)
-        hist_last = FM.score_histogram(scores[-1][valid[-1]], mask[-1][valid[-1]], self.bins)
         # the previous latest image is now an ordinary one: fold it into the running sum
         pending = dim_zero_cat(self.pending_hist)
-        self.hist += hist_rest.to(self.hist.device) + pending.sum(0).to(self.hist.device)
-        self.pending_hist = [hist_last.unsqueeze(0).to(self.device)]
+        if pending.numel():
+            self.hist += pending.sum(0)
+        FM.score_histogram(scores[:-1][valid[:-1]], mask[:-1][valid[:-1]], self.bins, out=self.hist)
+        hist_last = torch.zeros(1, 2, self.bins, dtype=torch.long, device=self.device)
+        FM.score_histogram(scores[-1][valid[-1]], mask[-1][valid[-1]], self.bins, out=hist_last[0])
+        self.pending_hist = [hist_last]
         self.pending_key = [torch.tensor([[float(rank), float(last_seq)]], dtype=torch.float64, device=self.device)]
 
     # ------------------------------------------------------------------------------------------
+    def sync(self, *args: Any, **kwargs: Any) -> None:
+        """Gather the states of all ranks (torchmetrics); first checks that NCCL gets CUDA states."""
+        if (
+            kwargs.get("should_sync", True)
+            and dist.is_available()
+            and dist.is_initialized()
+            and self.device.type == "cpu"
+            and dist.get_backend(self.process_group) == "nccl"
+        ):
+            raise RuntimeError(
+                "ForgeryMetrics is on the CPU but the process group uses NCCL, which only moves CUDA "
+                "tensors: call metric.to(device) with the rank's GPU before compute()"
+            )
+        super().sync(*args, **kwargs)
+
     def _collect(self) -> tuple[np.ndarray, Tensor | None, int, bool]:
         """De-duplicated per-image table (sorted by index), pooled histogram, #dropped, histogram ok."""
         rows = dim_zero_cat(self.rows).reshape(-1, len(COLUMNS)).double().cpu().numpy()

@@ -113,15 +113,17 @@ def _tie_groups(scores: Tensor, target: Tensor) -> tuple[Tensor, Tensor, Tensor]
     """Distinct score values in *descending* order with the number of positives / negatives each."""
     values, order = torch.sort(scores.flatten(), descending=True)
     truth = (target.flatten() > 0.5)[order].double()
-    starts = torch.ones_like(values, dtype=torch.bool)
-    starts[1:] = values[1:] != values[:-1]
-    group = torch.cumsum(starts.long(), 0) - 1
-    n_groups = int(group[-1].item()) + 1 if group.numel() else 0
-    pos = torch.zeros(n_groups, dtype=torch.float64, device=scores.device).index_add_(0, group, truth)
-    total = torch.zeros(n_groups, dtype=torch.float64, device=scores.device).index_add_(
-        0, group, torch.ones_like(truth)
-    )
-    return values[starts], pos, total - pos
+    if values.numel() == 0:
+        empty = values.new_zeros(0, dtype=torch.float64)
+        return values, empty, empty
+    # ties are contiguous after sorting: count per group from cumulative sums at the group ends
+    last = torch.ones_like(values, dtype=torch.bool)
+    last[:-1] = values[1:] != values[:-1]
+    ends = torch.nonzero(last).flatten()
+    zero = truth.new_zeros(1)
+    pos = torch.diff(torch.cumsum(truth, 0)[ends], prepend=zero)
+    total = torch.diff((ends + 1).double(), prepend=zero)
+    return values[ends], pos, total - pos
 
 
 def roc_auc(scores: Tensor, target: Tensor) -> float:
@@ -142,23 +144,34 @@ def roc_auc(scores: Tensor, target: Tensor) -> float:
     return float(((pos * (below + 0.5 * neg)).sum() / (n_pos * n_neg)).item())
 
 
-def imdlbenco_pixel_auc(scores: Tensor, target: Tensor) -> float:
+def imdlbenco_pixel_auc(scores: Tensor, target: Tensor, tie_order: str = "stable") -> float:
     """IMDLBenCo's ``PixelAUC.Cal_AUC`` on the (already valid-only) pixels of one image.
 
     * no tampered pixel → ``0.0`` (IMDLBenCo averages that 0 in);
-    * otherwise scores are ordered with ``torch.argsort(descending=True)`` — the very call
-      IMDLBenCo makes — and the trapezoid rule runs over one ROC point *per pixel*, so tied scores
-      are not grouped and the value depends on the order the sort leaves ties in. That order is
-      an implementation detail of PyTorch's (unstable) sort: a stable sort gives other numbers
-      (fixture case 6: 0.6703 instead of 0.6785), and CUDA may differ from CPU, as IMDLBenCo's own
-      output does. Float32 arithmetic as in the original;
+    * otherwise scores are sorted in descending order and the trapezoid rule runs over one ROC
+      point *per pixel*: tied scores are not grouped, so the value depends on the order the sort
+      leaves ties in. IMDLBenCo calls ``torch.argsort(descending=True)``, whose tie order is an
+      implementation detail of the device:
+
+      - ``tie_order="stable"`` (default): ties keep pixel order, which is what that call does on
+        CUDA — where IMDLBenCo evaluates — and gives the same number on every device
+        (fixture case 6: 0.6703022; measured with IMDLBenCo's call on an H100, torch 2.11);
+      - ``tie_order="torch_cpu"``: IMDLBenCo's call on the CPU (introsort order), which is how the
+        shared parity fixture was produced (case 6: 0.6785197).
+
+      Without ties both give the same value. Float32 arithmetic as in the original;
     * all pixels tampered → NaN (0/0 in the FPR), as in IMDLBenCo.
     """
     target = target.flatten().float()
     scores = scores.flatten()
     if target.sum() == 0:
         return 0.0
-    order = torch.argsort(scores, descending=True)
+    if tie_order == "stable":
+        order = torch.sort(scores, descending=True, stable=True).indices
+    elif tie_order == "torch_cpu":
+        order = torch.argsort(scores.cpu(), descending=True).to(scores.device)
+    else:
+        raise ValueError(f"unknown tie_order {tie_order!r}; use 'stable' or 'torch_cpu'")
     truth = target[order]
     n_pos = truth.sum().item()
     n_neg = truth.numel() - n_pos
@@ -187,16 +200,22 @@ def best_threshold_f1(scores: Tensor, target: Tensor) -> float:
 # ----------------------------------------------------------------------------------------------
 # Histograms: bounded-memory pooled AUC / best-threshold F1 over a whole data set
 # ----------------------------------------------------------------------------------------------
-def score_histogram(scores: Tensor, target: Tensor, bins: int) -> Tensor:
+def score_histogram(scores: Tensor, target: Tensor, bins: int, out: Tensor | None = None) -> Tensor:
     """Counts of positive (row 0) and negative (row 1) scores in ``bins`` equal bins over ``[0, 1]``.
 
     Bin ``b`` holds ``floor(score · bins) == b`` (score 1.0 goes to the last bin). With ``bins`` a
     power of two the mapping is exact in floating point, so any score that is a multiple of
-    1/bins (e.g. 8-bit PNG predictions for ``bins >= 256``) lands alone in its bin.
+    1/bins (e.g. 8-bit PNG predictions for ``bins >= 256``) lands alone in its bin. Counts are added
+    to ``out`` (int64, shape ``(2, bins)``) when given.
     """
     idx = (scores.flatten().double() * bins).floor().clamp_(0, bins - 1).long()
-    neg = (target.flatten() <= 0.5).long()
-    return torch.bincount(idx + bins * neg, minlength=2 * bins).view(2, bins)
+    idx += bins * (target.flatten() <= 0.5).long()
+    if out is None:
+        out = torch.zeros(2, bins, dtype=torch.long, device=scores.device)
+    # scatter_add rather than bincount: torch's multi-threaded CPU bincount with a large
+    # minlength costs tens of ms per call
+    out.view(-1).scatter_add_(0, idx.to(out.device), torch.ones_like(idx, device=out.device))
+    return out
 
 
 def auc_from_histogram(hist: Tensor) -> tuple[float, float]:

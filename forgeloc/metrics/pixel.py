@@ -52,12 +52,14 @@ def pixel_stats(
     threshold: float = 0.5,
     definition: Definition = "forgeloc",
     orientation: Orientation = "origin",
+    tie_order: str = "stable",
 ) -> Tensor:
     """Per-image pixel statistics, float64 tensor of shape ``(B, len(PIXEL_COLUMNS))``.
 
     ``pred``, ``mask`` and ``shape_mask`` are ``(B, 1, H, W)``; only pixels with ``shape_mask == 1``
     are counted (except in IMDLBenCo's IoU quirk, which cannot be affected by padding for
-    thresholds >= 0). Values follow ``definition``; an undefined value is NaN.
+    thresholds >= 0). Values follow ``definition``; an undefined value is NaN. ``tie_order`` only
+    matters for IMDLBenCo's untied AUC (see :func:`forgeloc.metrics.functional.imdlbenco_pixel_auc`).
     """
     if definition not in DEFINITIONS:
         raise ValueError(f"unknown definition {definition!r}; use one of {DEFINITIONS}")
@@ -98,19 +100,21 @@ def pixel_stats(
         if shape_mask is not None:
             keep = shape_mask[i].flatten() > 0.5
             scores, truth = scores[keep], truth[keep]
-        auc[i], best[i], flip[i] = _ranking_stats(scores, truth, definition, orientation)
+        auc[i], best[i], flip[i] = _ranking_stats(scores, truth, definition, orientation, tie_order)
 
     columns = [n_valid, n_pos, *chosen.unbind(1), f1, iou, acc]
     table = torch.stack([c.double().cpu() for c in columns], 1)
     return torch.cat([table, auc[:, None], best[:, None], flip[:, None]], 1)
 
 
-def _ranking_stats(scores: Tensor, truth: Tensor, definition: str, orientation: str) -> tuple[float, float, float]:
+def _ranking_stats(
+    scores: Tensor, truth: Tensor, definition: str, orientation: str, tie_order: str
+) -> tuple[float, float, float]:
     """(AUC, best-threshold F1, 1.0 if the AUC kept the complement) for one image's valid pixels."""
     n_pos = int((truth > 0.5).sum().item())
     if definition == "imdlbenco":
-        auc_o = FM.imdlbenco_pixel_auc(scores, truth) if orientation != "reverse" else math.nan
-        auc_r = FM.imdlbenco_pixel_auc(1 - scores, truth) if orientation != "origin" else math.nan
+        auc_o = FM.imdlbenco_pixel_auc(scores, truth, tie_order) if orientation != "reverse" else math.nan
+        auc_r = FM.imdlbenco_pixel_auc(1 - scores, truth, tie_order) if orientation != "origin" else math.nan
     else:
         auc_o = FM.roc_auc(scores, truth)
         auc_r = 1.0 - auc_o  # exact for the tie-grouped AUC
