@@ -19,6 +19,7 @@ process never leaves a truncated checkpoint behind.
 
 from __future__ import annotations
 
+import _compat_pickle
 import argparse
 import collections
 import io
@@ -115,6 +116,10 @@ class InertObject:
     """
 
     qualname = "?"
+    # Class-level defaults: pickle's NEWOBJ builds instances without calling __init__.
+    args: tuple[Any, ...] = ()
+    kwargs: Mapping[str, Any] = {}
+    state: Any = None
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         self.args = args
@@ -127,13 +132,13 @@ class InertObject:
         self.state = state
 
     def __setitem__(self, key: Any, value: Any) -> None:
-        self.mapping[key] = value
+        self.__dict__.setdefault("mapping", {})[key] = value
 
     def append(self, value: Any) -> None:
-        self.items.append(value)
+        self.__dict__.setdefault("items", []).append(value)
 
     def extend(self, values: Iterable[Any]) -> None:
-        self.items.extend(values)
+        self.__dict__.setdefault("items", []).extend(values)
 
     def __repr__(self) -> str:
         return f"<inert {self.qualname}>"
@@ -215,6 +220,12 @@ class _RestrictedUnpickler(pickle.Unpickler):
         self.inert_names: set[str] = set()
 
     def find_class(self, module: str, name: str) -> Any:
+        # Protocol-2 pickles (torch.save's default) use Python 2 names such as ``__builtin__.set``;
+        # translate them as pickle's own find_class does, so allow-listed types are recognised.
+        if (module, name) in _compat_pickle.NAME_MAPPING:
+            module, name = _compat_pickle.NAME_MAPPING[(module, name)]
+        elif module in _compat_pickle.IMPORT_MAPPING:
+            module = _compat_pickle.IMPORT_MAPPING[module]
         safe = _safe_global(module, name)
         if safe is not None:
             return safe
