@@ -103,7 +103,7 @@ def check(
         console.print(f"[{colour}]{p.severity}[/{colour}] {escape(p.where)}: {escape(p.message)}", soft_wrap=True)
     if json_report is not None:
         json_report.write_text(json.dumps(report.to_dict(), indent=2, default=str))
-        console.print(f"report written to {escape(str(json_report))}")
+        console.print(f"report written to {escape(str(json_report))}", soft_wrap=True)
     if report.errors:
         console.print(f"[red]{len(report.errors)} error(s)[/red]: fix them before training or evaluating.")
         raise typer.Exit(1)
@@ -138,7 +138,7 @@ def convert(
     records = load_records(out)
     n_neg = sum(1 for r in records if r.mask is None)
     console.print(f"wrote {escape(str(out))}: {len(records)} entries ({len(records) - n_neg} tampered, "
-                  f"{n_neg} authentic)")
+                  f"{n_neg} authentic)", soft_wrap=True)
 
 
 def register(app: typer.Typer) -> None:
