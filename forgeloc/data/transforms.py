@@ -78,10 +78,9 @@ def denormalize(tensor: torch.Tensor) -> np.ndarray:
         x = x[0]
     if x.ndim != 3 or x.shape[0] != 3:
         raise ValueError(f"denormalize expects a 3xHxW tensor, got shape {tuple(tensor.shape)}")
-    mean = torch.tensor(IMAGENET_MEAN).view(3, 1, 1)
-    std = torch.tensor(IMAGENET_STD).view(3, 1, 1)
-    x = (x * std + mean) * 255.0
-    return np.ascontiguousarray(x.round().clamp(0, 255).to(torch.uint8).permute(1, 2, 0).numpy())
+    hwc = x.numpy().transpose(1, 2, 0)
+    out = hwc * np.asarray(IMAGENET_STD, np.float32) * 255.0 + _MEAN_255
+    return np.ascontiguousarray(np.clip(np.rint(out), 0, 255).astype(np.uint8))
 
 
 # --------------------------------------------------------------------------------------------------
