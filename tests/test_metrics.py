@@ -240,6 +240,9 @@ def test_best_threshold_f1_matches_brute_force():
         assert FM.best_threshold_f1(scores, truth) == pytest.approx(_brute_best_f1(scores, truth), abs=1e-12)
         # the complement (permute) is the same search on reversed scores
         assert FM.best_threshold_f1(-scores, truth) == pytest.approx(_brute_best_f1(-scores, truth), abs=1e-12)
+        auc, best, best_rev = FM.ranking_summary(scores, truth)
+        assert (auc, best) == (FM.roc_auc(scores, truth), FM.best_threshold_f1(scores, truth))
+        assert best_rev == pytest.approx(_brute_best_f1(1 - scores, truth), abs=1e-12)
 
 
 def _dataset(seed: int, n: int = 11, size: int = 24):

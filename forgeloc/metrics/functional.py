@@ -32,6 +32,7 @@ __all__ = [
     "imdlbenco_iou",
     "imdlbenco_pixel_auc",
     "iou_from_counts",
+    "ranking_summary",
     "reduce_image_score",
     "roc_auc",
     "score_histogram",
@@ -126,6 +127,24 @@ def _tie_groups(scores: Tensor, target: Tensor) -> tuple[Tensor, Tensor, Tensor]
     return values[ends], pos, total - pos
 
 
+def _auc_from_groups(pos: Tensor, neg: Tensor) -> float:
+    n_pos, n_neg = pos.sum(), neg.sum()
+    if n_pos == 0 or n_neg == 0:
+        return NAN
+    # negatives strictly below each (descending) group = all negatives minus those at or above it
+    below = n_neg - torch.cumsum(neg, 0)
+    return float(((pos * (below + 0.5 * neg)).sum() / (n_pos * n_neg)).item())
+
+
+def _best_f1_from_groups(pos: Tensor, neg: Tensor) -> float:
+    n_pos = pos.sum()
+    if n_pos == 0:
+        return NAN
+    tp = torch.cumsum(pos, 0)
+    fp = torch.cumsum(neg, 0)
+    return float((2 * tp / (tp + fp + n_pos)).max().item())
+
+
 def roc_auc(scores: Tensor, target: Tensor) -> float:
     """Area under the ROC curve with tied scores grouped, identical to ``sklearn.metrics.roc_auc_score``.
 
@@ -136,12 +155,33 @@ def roc_auc(scores: Tensor, target: Tensor) -> float:
     if scores.numel() != target.numel():
         raise ValueError(f"scores ({scores.numel()}) and target ({target.numel()}) differ in size")
     _, pos, neg = _tie_groups(scores, target)
-    n_pos, n_neg = pos.sum(), neg.sum()
-    if n_pos == 0 or n_neg == 0:
-        return NAN
-    # negatives strictly below each group = all negatives minus those at or above it
-    below = n_neg - torch.cumsum(neg, 0)
-    return float(((pos * (below + 0.5 * neg)).sum() / (n_pos * n_neg)).item())
+    return _auc_from_groups(pos, neg)
+
+
+def best_threshold_f1(scores: Tensor, target: Tensor) -> float:
+    """Largest F1 reachable by thresholding this image's scores (the "optimal threshold" F1).
+
+    Exact: every distinct score value is tried as a cut (predict tampered iff ``score >= v``),
+    together with the empty prediction, by sorting once and accumulating TP/FP per tie group.
+    F1 = 2TP / (TP + FP + P) with P the number of tampered pixels. NaN if the image has no
+    tampered pixel (F1 is undefined there).
+    """
+    _, pos, neg = _tie_groups(scores, target)
+    return _best_f1_from_groups(pos, neg)
+
+
+def ranking_summary(scores: Tensor, target: Tensor) -> tuple[float, float, float]:
+    """``(roc_auc, best_threshold_f1, best_threshold_f1 of the complement)`` from a single sort.
+
+    The complement (``1 - score``, "permute") reverses the order, so its AUC is ``1 - auc`` and its
+    best F1 is the same search over the tie groups taken in ascending order.
+    """
+    _, pos, neg = _tie_groups(scores, target)
+    return (
+        _auc_from_groups(pos, neg),
+        _best_f1_from_groups(pos, neg),
+        _best_f1_from_groups(torch.flip(pos, [0]), torch.flip(neg, [0])),
+    )
 
 
 def imdlbenco_pixel_auc(scores: Tensor, target: Tensor, tie_order: str = "stable") -> float:
@@ -178,23 +218,6 @@ def imdlbenco_pixel_auc(scores: Tensor, target: Tensor, tie_order: str = "stable
     tpr = torch.cumsum(truth, 0) / n_pos
     fpr = torch.cumsum(1 - truth, 0) / n_neg
     return float(torch.trapezoid(tpr, fpr).item())
-
-
-def best_threshold_f1(scores: Tensor, target: Tensor) -> float:
-    """Largest F1 reachable by thresholding this image's scores (the "optimal threshold" F1).
-
-    Exact: every distinct score value is tried as a cut (predict tampered iff ``score >= v``),
-    together with the empty prediction, by sorting once and accumulating TP/FP per tie group.
-    F1 = 2TP / (TP + FP + P) with P the number of tampered pixels. NaN if the image has no
-    tampered pixel (F1 is undefined there).
-    """
-    _, pos, neg = _tie_groups(scores, target)
-    n_pos = pos.sum()
-    if n_pos == 0:
-        return NAN
-    tp = torch.cumsum(pos, 0)
-    fp = torch.cumsum(neg, 0)
-    return float((2 * tp / (tp + fp + n_pos)).max().item())
 
 
 # ----------------------------------------------------------------------------------------------

@@ -111,19 +111,14 @@ def _ranking_stats(
     scores: Tensor, truth: Tensor, definition: str, orientation: str, tie_order: str
 ) -> tuple[float, float, float]:
     """(AUC, best-threshold F1, 1.0 if the AUC kept the complement) for one image's valid pixels."""
-    n_pos = int((truth > 0.5).sum().item())
+    auc_o, best_o, best_r = FM.ranking_summary(scores, truth)
+    auc_r = 1.0 - auc_o  # exact for the tie-grouped AUC
     if definition == "imdlbenco":
         auc_o = FM.imdlbenco_pixel_auc(scores, truth, tie_order) if orientation != "reverse" else math.nan
         auc_r = FM.imdlbenco_pixel_auc(1 - scores, truth, tie_order) if orientation != "origin" else math.nan
-    else:
-        auc_o = FM.roc_auc(scores, truth)
-        auc_r = 1.0 - auc_o  # exact for the tie-grouped AUC
-    if n_pos == 0:
-        best = 0.0 if definition == "imdlbenco" else math.nan
-    else:
-        best_o = FM.best_threshold_f1(scores, truth) if orientation != "reverse" else math.nan
-        best_r = FM.best_threshold_f1(-scores, truth) if orientation != "origin" else math.nan
-        best = best_o if orientation == "origin" else best_r if orientation == "reverse" else max(best_o, best_r)
+        # IMDLBenCo has no best-threshold F1; keep its convention that an authentic image scores 0
+        best_o, best_r = (0.0, 0.0) if math.isnan(best_o) else (best_o, best_r)
+    best = best_o if orientation == "origin" else best_r if orientation == "reverse" else max(best_o, best_r)
     if orientation == "origin":
         return auc_o, best, 0.0
     if orientation == "reverse":
