@@ -9,7 +9,7 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import shared_path
+from conftest import REPO, shared_path
 from parity_weights import parity_state_dict
 from safetensors.torch import load_file
 
@@ -350,7 +350,7 @@ def test_convert_full_ncl_whole_dict(tmp_path):
 def test_configs_validate_and_build(name):
     from forgeloc.engine.config import load_config
 
-    cfg = load_config(forgeloc_root() / "configs" / name)
+    cfg = load_config(REPO / "configs" / name)
     assert cfg.optim.name == "sgd" and cfg.optim.schedule == "poly" and cfg.optim.poly_power == 0.9
     assert cfg.model.aux_loss is None
     if name == "ncl_tiny.yaml":
@@ -364,9 +364,3 @@ def test_configs_validate_and_build(name):
         known = set(inspect.signature(NCL.__init__).parameters) | set(NCLLossConfig.option_names())
         assert set(cfg.model.kwargs) <= known
         assert cfg.model.kwargs["input_size"] == cfg.data.input_size == 512
-
-
-def forgeloc_root():
-    from pathlib import Path
-
-    return Path(__file__).resolve().parents[1]
