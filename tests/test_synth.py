@@ -295,6 +295,6 @@ def test_cli_runs_and_prints_summary(tmp_path):
     assert len(json.loads((out / "dataset.json").read_text())) == 8
 
     result = CliRunner().invoke(_cli(), ["synth", "--out", str(tmp_path / "x"), "--photos", str(tmp_path / "nope")])
-    assert result.exit_code == 2 and "does not exist" in result.output
+    assert result.exit_code == 2 and "does not exist" in " ".join(result.output.split())  # rich wraps lines
     result = CliRunner().invoke(_cli(), ["synth", "--list-photos"])
     assert result.exit_code == 0 and "astronaut" in result.output

@@ -34,8 +34,9 @@ import json
 import math
 import shutil
 from collections.abc import Mapping, Sequence
-from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -65,7 +66,6 @@ MANIPULATIONS = ("splicing", "copy-move", "removal")
 AUTHENTIC = "authentic"
 NEGATIVE = "Negative"
 
-PHOTO_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
 
 # name -> (skimage.data function, index into a tuple result or None, scene).
 # Only images that ship inside the scikit-image wheel (no pooch download). ``cat`` duplicates
@@ -142,14 +142,11 @@ def _as_rgb(img: np.ndarray, name: str) -> np.ndarray:
 
 
 def _read_photo(path: Path) -> np.ndarray:
-    # TODO(lead): switch to forgeloc.data.io.read_image once it exists, for one policy on EXIF etc.
-    from PIL import Image, ImageOps
+    from forgeloc.data.io import ImageReadError, read_image
 
     try:
-        with Image.open(path) as im:
-            im = ImageOps.exif_transpose(im)
-            return np.asarray(im.convert("RGB"))
-    except Exception as err:  # PIL raises many types for broken files
+        return read_image(path)
+    except ImageReadError as err:
         raise SynthError(f"cannot read photo {path}: {err}") from err
 
 
@@ -159,12 +156,14 @@ def load_photo_folder(folder: str | Path, *, min_side: int = 1) -> dict[str, np.
     Raises :class:`SynthError` naming the file when one is unreadable or its short side is below
     ``min_side``, and when the folder holds no image.
     """
-    folder = Path(folder)
+    folder = Path(folder).expanduser()
     if not folder.is_dir():
         raise SynthError(f"photo folder {folder} does not exist or is not a folder")
-    files = sorted(p for p in folder.rglob("*") if p.is_file() and p.suffix.lower() in PHOTO_EXTENSIONS)
+    from forgeloc.data.io import IMAGE_EXTENSIONS
+
+    files = sorted(p for p in folder.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS)
     if not files:
-        raise SynthError(f"no photos ({', '.join(PHOTO_EXTENSIONS)}) found in {folder}")
+        raise SynthError(f"no photos ({', '.join(sorted(IMAGE_EXTENSIONS))}) found in {folder}")
     out: dict[str, np.ndarray] = {}
     for path in files:
         img = _read_photo(path)
@@ -595,13 +594,15 @@ def synthesize_one(
 # ------------------------------------------------------------------------------------------------
 # Dataset writer
 # ------------------------------------------------------------------------------------------------
-_WORKER: dict[str, Any] = {}
-
-
-def _init_worker(photos, scenes, cfg, out_dir, seed, authentic_fraction, types) -> None:
-    cv2.setNumThreads(1)
-    _WORKER.update(photos=photos, scenes=scenes, cfg=cfg, out_dir=out_dir, seed=seed,
-                   authentic_fraction=authentic_fraction, types=types)
+@dataclass(frozen=True)
+class _Job:
+    photos: Mapping[str, np.ndarray]
+    scenes: Mapping[str, str]
+    cfg: SynthConfig
+    out_dir: Path
+    seed: int
+    authentic_fraction: float
+    types: tuple[str, ...]
 
 
 def _write_png(path: Path, img: np.ndarray) -> None:
@@ -613,14 +614,13 @@ def _write_png(path: Path, img: np.ndarray) -> None:
     path.write_bytes(buf.tobytes())
 
 
-def _make_and_write(index: int) -> dict[str, Any]:
-    w = _WORKER
-    kind = sample_kind(w["seed"], index, w["authentic_fraction"], w["types"])
-    sample = synthesize_one(w["photos"], kind, sample_rng(w["seed"], index), w["cfg"], w["scenes"])
-    out: Path = w["out_dir"]
+def _make_and_write(job: _Job, index: int) -> dict[str, Any]:
+    kind = sample_kind(job.seed, index, job.authentic_fraction, job.types)
+    sample = synthesize_one(job.photos, kind, sample_rng(job.seed, index), job.cfg, job.scenes)
+    out = job.out_dir
     stem = f"{index:05d}"
     record: dict[str, Any] = {"index": index, "image": f"images/{stem}.png", "mask": NEGATIVE,
-                              "seed": [int(w["seed"]), index]}
+                              "seed": [job.seed, index]}
     _write_png(out / record["image"], sample.final)
     n_px = int(sample.final_mask.sum())
     if kind != AUTHENTIC:
@@ -687,7 +687,7 @@ def synthesize(
 
     ``photos``: None (scikit-image's bundled photos), a folder, a list of arrays or a name->array
     mapping; ``photo_names`` keeps only those names (use disjoint name lists for train and test).
-    ``workers`` > 1 uses a process pool; the output bytes do not depend on it. ``min_coverage`` is the
+    ``workers`` > 1 uses a thread pool; the output bytes do not depend on it. ``min_coverage`` is the
     fraction of a region's pixels that must change (samples below it are redrawn). See
     :class:`SynthConfig` and ``docs/synth.md`` for the other knobs.
     """
@@ -712,20 +712,18 @@ def synthesize(
     if "splicing" in types and len(set(scenes.values())) < 2:
         raise SynthError("splicing needs at least two photos of different scenes")
 
-    out = Path(out_dir)
+    out = Path(out_dir).expanduser()
     _prepare_out_dir(out, overwrite)
-    init = (pool, scenes, cfg, out, int(seed), float(authentic_fraction), types)
+    job = _Job(pool, scenes, cfg, out, int(seed), float(authentic_fraction), types)
+    make = partial(_make_and_write, job)
     workers = max(1, min(int(workers), int(n)))
     if workers == 1:
-        _init_worker(*init)
-        try:
-            records = [_make_and_write(i) for i in range(int(n))]
-        finally:
-            cv2.setNumThreads(-1)
-            _WORKER.clear()
+        records = [make(i) for i in range(int(n))]
     else:
-        with ProcessPoolExecutor(workers, initializer=_init_worker, initargs=init) as ex:
-            records = list(ex.map(_make_and_write, range(int(n)), chunksize=max(1, int(n) // (4 * workers))))
+        # Threads, not processes: OpenCV releases the GIL in its heavy calls, and forking a
+        # process whose OpenCV/torch thread pools are running can deadlock the children.
+        with ThreadPoolExecutor(workers) as ex:
+            records = list(ex.map(make, range(int(n))))
 
     def _dump(obj: Any) -> Any:
         return lambda tmp: tmp.write_text(json.dumps(obj, indent=1) + "\n")
