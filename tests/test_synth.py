@@ -159,10 +159,11 @@ def test_dataset_loads_as_json_list(dataset):
         datasets = importlib.import_module("forgeloc.data.datasets")
     except ImportError:
         datasets = None
+    rows = json.loads(dataset.read_text())
     if datasets is not None and hasattr(datasets, "load_records"):
         records = datasets.load_records(dataset)
-        assert len(records) == N
-    rows = json.loads(dataset.read_text())
+        assert [r.image for r in records] == [dataset.parent / image for image, _ in rows]
+        assert [r.label for r in records] == [0 if mask == "Negative" else 1 for _, mask in rows]
     assert all(isinstance(r, list) and len(r) == 2 for r in rows)
     assert sum(r[1] == "Negative" for r in rows) == sum(
         s["type"] == AUTHENTIC for s in json.loads((dataset.parent / "manifest.json").read_text())["samples"]
