@@ -222,6 +222,7 @@ def test_existing_output_needs_overwrite(dataset, tmp_path):
         ({"authentic_fraction": 1.5}, "authentic_fraction"),
         ({"jpeg_quality": (90, 70)}, "jpeg_quality"),
         ({"size": 16}, "size must be"),
+        ({"area_range": (0.0001, 0.1)}, "under 16 pixels"),
     ],
 )
 def test_invalid_options(tmp_path, kwargs, match):

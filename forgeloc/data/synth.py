@@ -232,6 +232,8 @@ class SynthConfig:
         lo, hi = self.area_range
         if not 0 < lo <= hi <= 0.5:
             raise SynthError(f"area_range must satisfy 0 < lo <= hi <= 0.5, got {self.area_range}")
+        if lo * self.size**2 < 16:
+            raise SynthError(f"area_range lower bound {lo} gives regions under 16 pixels at size {self.size}")
         for name in ("jpeg_prob", "resize_prob", "min_coverage"):
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise SynthError(f"{name} must be in [0, 1], got {getattr(self, name)}")
