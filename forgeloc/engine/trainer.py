@@ -240,6 +240,10 @@ class Trainer:
             record: dict[str, Any] = {"type": "train", "epoch": epoch, "seconds": seconds, **train_stats}
             run_log.jsonl(record)
             history.append(record)
+            if info.is_main:
+                terms = ", ".join(f"{k[6:]} {v:.4f}" for k, v in train_stats.items() if k.startswith("train_"))
+                log.info("epoch %d/%d: %s; lr %.2e; %.1f s", epoch + 1, cfg.train.epochs, terms,
+                         train_stats["lr"], seconds)
 
             last = epoch == cfg.train.epochs - 1
             results: dict[str, dict[str, Any]] = {}
