@@ -392,3 +392,18 @@ def test_convert_refuses_plain_folders(tmp_path):
         convert_to_json(tmp_path / "photos", tmp_path / "out.json")
     with pytest.raises(ValueError, match="must end in .json"):
         convert_to_json(tmp_path / "photos", tmp_path / "out.txt")
+
+
+def test_check_on_a_json_list_points_at_lines(tmp_path, good_files):
+    _write(tmp_path / "data" / "cut.jpg", _jpeg_bytes()[:400])
+    _save_mask(tmp_path / "data" / "big_gt.png", 60, 60)
+    rows = [["data/a.png", "data/a_gt.png"], ["data/cut.jpg", "Negative"], ["data/a.png", "data/big_gt.png"],
+            ["data/gone.png", "Negative"]]
+    path = _json(tmp_path, "[\n" + ",\n".join("  " + json.dumps(r) for r in rows) + "\n]\n")
+    report = check_dataset(path)
+    got = {p.where.rsplit(":", 1)[1]: p.message for p in report.errors}
+    assert set(got) == {"line 3", "line 4", "line 5"}
+    assert str(tmp_path / "data" / "cut.jpg") in got["line 3"] and "truncated" in got["line 3"]
+    assert "60x60" in got["line 4"] and "50x40" in got["line 4"]
+    assert "image file not found" in got["line 5"]
+    assert (report.n_records, report.n_tampered, report.n_authentic) == (3, 2, 1)
