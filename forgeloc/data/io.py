@@ -200,7 +200,7 @@ def _open(data: bytes, where: str, max_pixels: int) -> Image.Image:
     except UnidentifiedImageError as err:
         raise ImageReadError(where, _describe_unknown(data)) from err
     except Exception as err:  # a malformed header can raise nearly anything inside a plugin
-        raise ImageReadError(where, f"corrupt image header ({type(err).__name__}: {err})") from err
+        raise ImageReadError(where, f"truncated or corrupt image header ({type(err).__name__}: {err})") from err
     width, height = img.size
     if width <= 0 or height <= 0:
         raise ImageReadError(where, f"declares an empty size {width}x{height}")
