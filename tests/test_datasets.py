@@ -95,18 +95,26 @@ def test_masks_mark_the_pixels_that_differ_from_the_authentic_image(name):
     assert np.median(ious) >= 0.99 and min(ious) >= (0.7 if name == "coverage" else 0.99)
 
 
-def test_resize_mode_and_default_collate():
-    root, _ = _manifest("casia2_samples")
+@pytest.mark.parametrize("name", DATASETS)
+def test_resize_mode_and_default_collate(name):
+    root, man = _manifest(name)
     ds = open_dataset(root, SampleTransform(mode="resize", size=64, edge_width=7))
-    loader = DataLoader(ds, batch_size=4, shuffle=False)
+    fractions = {Path(p["image"]).name: p["tampered_fraction"] for p in man["pairs"]}
+    loader = DataLoader(ds, batch_size=3, shuffle=False)
     batch = next(iter(loader))
-    assert batch["image"].shape == (4, 3, 64, 64) and batch["image"].dtype == torch.float32
-    assert batch["mask"].shape == (4, 1, 64, 64) and batch["edge_mask"].shape == (4, 1, 64, 64)
-    assert batch["label"].shape == (4,) and batch["label"].dtype == torch.float32
-    assert batch["index"].tolist() == [0, 1, 2, 3] and batch["origin_shape"].shape == (4, 2)
+    assert batch["image"].shape == (3, 3, 64, 64) and batch["image"].dtype == torch.float32
+    assert batch["mask"].shape == (3, 1, 64, 64) and batch["edge_mask"].shape == (3, 1, 64, 64)
+    assert batch["label"].shape == (3,) and batch["label"].dtype == torch.float32
+    assert batch["index"].tolist() == [0, 1, 2] and batch["origin_shape"].shape == (3, 2)
     assert isinstance(batch["name"], list) and batch["name"][0] == ds.records[0].image.name
     assert set(torch.unique(batch["mask"]).tolist()) == {0.0, 1.0}
     assert batch["edge_mask"].sum() > 0
+    for k, file_name in enumerate(batch["name"]):
+        # nearest-neighbour downscaling keeps the tampered fraction roughly (small regions vary most)
+        assert batch["mask"][k].mean().item() == pytest.approx(fractions[file_name], abs=0.02)
+        h, w = batch["origin_shape"][k].tolist()
+        pair = next(p for p in man["pairs"] if Path(p["image"]).name == file_name)
+        assert (w, h) == (pair["width"], pair["height"])
 
 
 def test_large_jpeg():
