@@ -215,25 +215,28 @@ def supervised_contrastive_loss(
     z = F.normalize(z, dim=-1)
     sim = torch.bmm(z, z.transpose(1, 2)) / tau  # (B, N, N)
 
-    n = z.shape[1]
+    # Masks are built once, in as few N×N passes as possible: this runs on every training step.
     valid = y >= 0
-    not_self = ~torch.eye(n, dtype=torch.bool, device=z.device)
-    pair = valid[:, :, None] & valid[:, None, :] & not_self
-    same = y[:, :, None] == y[:, None, :]
-    pos = pair & same
-    neg = pair & ~same
+    pair = valid[:, :, None] & valid[:, None, :]
+    pair.diagonal(dim1=1, dim2=2).fill_(False)  # no anchor is its own positive or in its denominator
+    pos = pair & (y[:, :, None] == y[:, None, :])
+    pos_f = pos.to(sim.dtype)
+    n_pos = pos_f.sum(-1)
 
     if variant == "supcon":
-        log_denom = torch.logsumexp(sim.masked_fill(~pair, _MASKED), dim=-1, keepdim=True)
-        log_prob = sim - log_denom
+        # Σ_p log(e^{s_ip} / D_i) = Σ_p s_ip − |P(i)|·log D_i: no N×N log-probability tensor needed.
+        log_denom = torch.logsumexp(sim.masked_fill(~pair, _MASKED), dim=-1)
+        sum_log_prob = (sim * pos_f).sum(-1) - n_pos * log_denom
     else:
-        log_neg = torch.logsumexp(sim.masked_fill(~neg, _MASKED), dim=-1, keepdim=True)
-        log_prob = sim - torch.logaddexp(sim, log_neg)
+        log_neg = torch.logsumexp(sim.masked_fill(~(pair ^ pos), _MASKED), dim=-1, keepdim=True)
+        sum_log_prob = ((sim - torch.logaddexp(sim, log_neg)) * pos_f).sum(-1)
+    per_anchor = -sum_log_prob / n_pos.clamp_min(1)
 
-    n_pos = pos.sum(-1)
-    per_anchor = -torch.where(pos, log_prob, torch.zeros_like(log_prob)).sum(-1) / n_pos.clamp_min(1)
-    image_ok = neg.flatten(1).any(-1)  # at least two classes among the valid patches
-    keep = valid & (n_pos > 0) & image_ok[:, None]
+    # An image takes part when its valid patches hold at least two classes (so negatives exist).
+    big = torch.iinfo(y.dtype).max
+    y_min = torch.where(valid, y, torch.full_like(y, big)).amin(-1)
+    y_max = torch.where(valid, y, torch.full_like(y, -big)).amax(-1)
+    keep = valid & (n_pos > 0) & (y_max > y_min)[:, None]
 
     if reduction == "none":
         out = torch.where(keep, per_anchor, torch.full_like(per_anchor, math.nan))
