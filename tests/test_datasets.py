@@ -321,3 +321,13 @@ def test_balanced_dataset(small_records):
     assert sorted(ranks[0] + ranks[1]) == list(range(100))
     with pytest.raises(ValueError):
         BalancedDataset([first], samples_per_dataset=0)
+
+
+def test_folder_with_a_dataset_list_is_read_through_it(tmp_path: Path) -> None:
+    """``forgeloc synth`` output: images/ holds authentic images too, dataset.json says which."""
+    from forgeloc.data.synth import synthesize
+
+    synthesize(tmp_path / "s", 8, seed=1, size=48)
+    from_folder = load_records(tmp_path / "s")
+    from_list = load_records(tmp_path / "s" / "dataset.json")
+    assert from_folder == from_list and any(r.mask is None for r in from_folder)

@@ -351,8 +351,15 @@ def _find_child(folder: Path, name: str) -> Path | None:
     return None
 
 
+DATASET_LIST_NAME = "dataset.json"
+
+
 def detect_format(source: str | os.PathLike) -> str:
-    """``"json"``, ``"tp_gt"``, ``"images_masks"`` or ``"plain"`` (raises if none applies)."""
+    """``"json"``, ``"tp_gt"``, ``"images_masks"`` or ``"plain"`` (raises if none applies).
+
+    A folder holding a ``dataset.json`` (what ``forgeloc synth`` and ``forgeloc data convert``
+    write) is read through that list, which is authoritative for its own folder.
+    """
     path = Path(source)
     if path.is_file():
         if path.suffix.lower() == ".json":
@@ -361,6 +368,8 @@ def detect_format(source: str | os.PathLike) -> str:
                                                      "use forgeloc.data.io.read_image")])
     if not path.exists():
         raise DatasetError(path, [Problem(str(path), "dataset not found (no such file or folder)")])
+    if (path / DATASET_LIST_NAME).is_file():
+        return "json"
     for fmt, (tampered, masks, _) in _LAYOUTS.items():
         if _find_child(path, tampered) is not None or _find_child(path, masks) is not None:
             return fmt
@@ -430,7 +439,7 @@ def scan_records(source: str | os.PathLike, *, check_files: bool = True) -> tupl
     except DatasetError as err:
         return [], err.problems, "unknown"
     if fmt == "json":
-        records = _scan_json(path, problems, check_files)
+        records = _scan_json(path / DATASET_LIST_NAME if path.is_dir() else path, problems, check_files)
     elif fmt == "plain":
         records = _scan_plain(path, problems)
     else:

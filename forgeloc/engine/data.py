@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Sized
 
+import cv2
 import numpy as np
 import torch
 from torch.utils.data import ConcatDataset, DataLoader, Dataset, DistributedSampler, Sampler
@@ -71,6 +72,9 @@ class _EpochConcat(ConcatDataset):
 def _worker_init(worker_id: int) -> None:
     # Augmentations are seeded per sample by the dataset; this only keeps stray numpy use stable.
     np.random.seed(torch.initial_seed() % 2**32)
+    # One OpenCV thread per worker: the workers already run in parallel, and OpenCV's own pool
+    # does not survive fork() reliably.
+    cv2.setNumThreads(1)
 
 
 def build_train_loader(cfg: Config, dataset: Dataset, info: DistInfo) -> tuple[DataLoader, DistributedSampler]:
