@@ -369,17 +369,18 @@ def test_fvcore_flops_paper_config(paper_model: SparseViT) -> None:
 def test_tiny_trains_loss_falls() -> None:
     torch.manual_seed(0)
     model = create_model("sparsevit_tiny", drop_path_rate=0.0).train()
-    batch = blob_batch(4, 128, seed=1)
-    opt = torch.optim.AdamW(model.parameters(), lr=2e-4, weight_decay=0.05)
+    batch = blob_batch(2, 128, seed=1)
+    opt = torch.optim.AdamW(model.parameters(), lr=2e-4, weight_decay=0.05)  # the paper's optimiser
     losses = []
-    for _ in range(12):
+    for _ in range(8):
         loss = model(batch)["loss"]
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
         losses.append(loss.item())
     assert all(math.isfinite(v) for v in losses)
-    assert losses[-1] < 0.7 * losses[0], losses
+    # BCE of a constant prior on these masks is ~0.3-0.5: below it the model localises the blobs.
+    assert losses[-1] < 0.25 * losses[0], losses
     assert min(losses[-3:]) < min(losses[:3]), losses
 
 
