@@ -37,6 +37,7 @@ _COMMAND_MODULES = (
     "data",
     "train",
     "test",
+    "robustness",
     "convert",
     "bench",
 )
