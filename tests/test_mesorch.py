@@ -263,6 +263,13 @@ def test_folded_computation_equals_plain_layers(name):
             plain = g.conv2(x + g.invert(x)).float().softmax(1)
             torch.testing.assert_close(inter["gate"], plain)
     torch.testing.assert_close(out["logits"], inter["logits"].float(), atol=1e-5, rtol=1e-5)
+    # The memory layout is an implementation detail: NCHW gives the same numbers.
+    nchw = create_model(name, input_size=None, channels_last=False).double().eval()
+    nchw.load_state_dict(model.state_dict())
+    assert all(v.is_contiguous() for v in nchw.state_dict().values())
+    assert not model.convnext.stem[0].weight.is_contiguous()
+    with torch.no_grad():
+        torch.testing.assert_close(nchw({"image": image})["logits"], out["logits"], atol=1e-9, rtol=1e-9)
 
 
 def test_pruned_variant_structure():
@@ -367,7 +374,7 @@ def test_convnext_pretrained(tmp_path, name, facebook):
         torch.save({"model": sd}, path)
     else:
         path = tmp_path / "model.safetensors"
-        save_file(sd, str(path))
+        save_file({k: v.contiguous() for k, v in sd.items()}, str(path))
     timm_sd = convnext_timm_layout(sd)
     model = create_model(name, conv_pretrained_path=path)
     own = model.convnext.state_dict()

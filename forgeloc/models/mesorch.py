@@ -523,6 +523,10 @@ class Mesorch(ForgeryModel):
         conv_pretrained_path: local ImageNet ConvNeXt weights (timm or Facebook layout); None =
             random init.
         seg_pretrained_path: local NVlabs ``mit_b3.pth``; None = random init.
+        channels_last: keep conv weights and branch inputs in NHWC memory layout (same values; about
+            25 % faster on CPU and 1.8× faster bf16 training on an H100). Its state-dict tensors
+            are then not contiguous: save them with ``forgeloc.checkpoint.save_state_dict`` (or
+            ``.contiguous()`` them) rather than a bare ``safetensors.torch.save_file``.
 
     Output: ``pred_mask`` and ``logits`` (B,1,H,W) at the input resolution (the reference always
     resizes to 512; identical at 512), ``features`` = the MiT stage-3 map (B, mit_dims[2], H/16,
@@ -552,6 +556,7 @@ class Mesorch(ForgeryModel):
         input_size: int | None = 512,
         conv_pretrained_path: str | Path | None = None,
         seg_pretrained_path: str | Path | None = None,
+        channels_last: bool = True,
     ) -> None:
         super().__init__()
         scales = tuple(scales)
@@ -587,6 +592,9 @@ class Mesorch(ForgeryModel):
             nn.Conv2d(conv_dims[0] if s[0] == "c" else mit_dims[0], 1, 1) for s in scales
         )
         self.gate = ScoreNetwork(9, gate_dim, gate_expansion, len(scales)) if fusion == "gate" else None
+        self.channels_last = bool(channels_last)
+        if self.channels_last:  # conv weights in NHWC like the activations (see _channels_last)
+            self.to(memory_format=torch.channels_last)
 
         if conv_pretrained_path is not None:
             load_convnext_pretrained(self.convnext, conv_pretrained_path)
@@ -598,6 +606,15 @@ class Mesorch(ForgeryModel):
             logger.info("Mesorch: no seg_pretrained_path given; MiT starts from random weights")
 
     # ----------------------------------------------------------------------------------------------
+    def _layout(self, x: torch.Tensor) -> torch.Tensor:
+        """NHWC strides for the branch inputs when ``channels_last``.
+
+        With the conv weights also NHWC every conv stays NHWC, and ConvNeXt's channels-last
+        LayerNorm/MLP and MiT's token layout need no transposing copies (measured in
+        docs/models/mesorch.md).
+        """
+        return x.contiguous(memory_format=torch.channels_last) if self.channels_last else x
+
     def _scale_logits(self, scale: str, index: int, feat: torch.Tensor) -> torch.Tensor:
         """``inverse[index](upsample(feat))`` with the 1×1 head folded into the last transposed conv.
 
@@ -643,8 +660,8 @@ class Mesorch(ForgeryModel):
         high = self.high_dct(image).to(image.dtype)
         low = self.low_dct(image).to(image.dtype)
         out["high_freq"], out["low_freq"] = high, low
-        conv_feats = self.convnext(torch.cat([image, high], dim=1))
-        mit_feats = self.segformer(torch.cat([image, low], dim=1))
+        conv_feats = self.convnext(self._layout(torch.cat([image, high], dim=1)))
+        mit_feats = self.segformer(self._layout(torch.cat([image, low], dim=1)))
         feats: dict[str, torch.Tensor] = {}
         for i, f in enumerate(conv_feats):
             out[f"convnext.stage{i}"] = feats[f"c{i + 1}"] = f
@@ -655,7 +672,7 @@ class Mesorch(ForgeryModel):
     def _mix(self, stack: torch.Tensor, out: dict[str, torch.Tensor]) -> torch.Tensor:
         if self.gate is None:
             return stack.sum(dim=1, keepdim=True)
-        weights = self.gate(torch.cat([out["image"], out["high_freq"], out["low_freq"]], dim=1))
+        weights = self.gate(self._layout(torch.cat([out["image"], out["high_freq"], out["low_freq"]], dim=1)))
         out["gate"] = weights
         return (weights * stack).sum(dim=1, keepdim=True)
 
