@@ -163,7 +163,9 @@ def test_cli_two_checkpoints_tables_and_plot(setup, tmp_path):
         assert len(fig.axes) == 2 * 3
         xlabels = [ax.get_xlabel() for ax in fig.axes if ax.get_xlabel()]
         assert any("JPEG quality" in x for x in xlabels) and any("variance" in x for x in xlabels)
-        assert any("forgeloc-only" in x for x in xlabels)
+        assert any("q−1 or q per image" in x for x in xlabels) and any("scale factor" in x for x in xlabels)
+        titles = [ax.get_title() for ax in fig.axes if ax.get_title()]
+        assert titles == ["JPEG compression", "Gaussian noise", "resize down and up (forgeloc-only)"]
         # Two lines (A, B) of level points per panel.
         assert len([ln for ln in fig.axes[0].get_lines() if ln.get_marker() == "o"]) == 2
     finally:

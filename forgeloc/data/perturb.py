@@ -327,6 +327,7 @@ class PerturbationKind:
     """A named perturbation family: its levels, how to build one, and how to plot its axis."""
 
     name: str
+    title: str
     description: str
     default_levels: tuple[float, ...]
     protocol_levels: tuple[float, ...] | None  # None: not part of the IML protocol
@@ -348,6 +349,7 @@ def _noise_tick(v: float) -> str:
 PERTURBATIONS: dict[str, PerturbationKind] = {
     "jpeg": PerturbationKind(
         name="jpeg",
+        title="JPEG compression",
         description="JPEG re-compression (OpenCV); quality drawn from {q-1, q} per image unless exact",
         default_levels=(50, 60, 70, 80, 90, 100),
         protocol_levels=(50, 60, 70, 80, 90, 100),
@@ -359,20 +361,22 @@ PERTURBATIONS: dict[str, PerturbationKind] = {
     ),
     "blur": PerturbationKind(
         name="blur",
+        title="Gaussian blur",
         description="Gaussian blur, kernel k x k px, OpenCV sigma 0.3((k-1)/2-1)+0.8",
         default_levels=(3, 7, 11, 15, 19, 23),
         protocol_levels=(3, 7, 11, 15, 19, 23),
-        axis_label="Gaussian blur kernel size (px)",
+        axis_label="kernel size k (px), sigma from k",
         build=lambda level, **_: GaussianBlur(int(level)),
         integer_levels=True,
         clean_level=0,
     ),
     "noise": PerturbationKind(
         name="noise",
+        title="Gaussian noise",
         description="additive Gaussian noise; level = variance in grey levels^2 (std = sqrt(level))",
         default_levels=(3, 7, 11, 15, 19, 23),
         protocol_levels=(3, 7, 11, 15, 19, 23),
-        axis_label="Gaussian noise variance (std), grey levels",
+        axis_label="noise variance, grey levels² (std)",
         build=lambda level, noise_rounding="truncate", **_: GaussianNoise(float(level), rounding=noise_rounding),
         integer_levels=False,
         clean_level=0,
@@ -380,10 +384,11 @@ PERTURBATIONS: dict[str, PerturbationKind] = {
     ),
     "resize": PerturbationKind(
         name="resize",
+        title="resize down and up (forgeloc-only)",
         description="forgeloc-only (not in the protocol): scale by the factor and back (INTER_AREA / INTER_LINEAR)",
         default_levels=(0.25, 0.5, 0.75),
         protocol_levels=None,
-        axis_label="scale factor, down and back up (forgeloc-only)",
+        axis_label="scale factor (×, then back)",
         build=lambda level, **_: Rescale(float(level)),
         integer_levels=False,
         clean_level=1.0,

@@ -51,7 +51,7 @@ class Condition:
     """One evaluation setting: the clean run (``perturb is None``) or a perturbation at a level."""
 
     perturbation: str  # "none" or a registered kind
-    level: float
+    level: int | float  # integers stay integers (tables print "7", not "7.0000")
     label: str
     perturb: Perturbation | None
 
@@ -73,7 +73,7 @@ def build_conditions(
     if unknown:
         raise ValueError(f"levels given for {', '.join(unknown)}, which is not among the perturbations run "
                          f"({', '.join(kinds) or 'none'}); add it to --perturb")
-    conditions = [Condition(CLEAN, 0.0, CLEAN, None)]
+    conditions = [Condition(CLEAN, 0, CLEAN, None)]
     for kind in kinds:
         spec = PERTURBATIONS[kind]
         seen: set[float] = set()
@@ -82,7 +82,8 @@ def build_conditions(
             if perturb is None or float(perturb.level) in seen:
                 continue
             seen.add(float(perturb.level))
-            conditions.append(Condition(kind, perturb.level, perturb.label, perturb))
+            level = float(perturb.level)
+            conditions.append(Condition(kind, int(level) if level.is_integer() else level, perturb.label, perturb))
     return conditions
 
 
@@ -362,10 +363,12 @@ def robustness_figure(
                 ax.invert_xaxis()
             ax.grid(True, alpha=0.3)
             if i == 0:
-                heading = "JPEG (exact q)" if kind == "jpeg" and jpeg_exact else spec.name
-                ax.set_title(heading + ("" if spec.protocol_levels is not None else " (forgeloc-only)"), fontsize=10)
+                ax.set_title(spec.title, fontsize=10)
             if i == n_rows - 1:
-                ax.set_xlabel(spec.axis_label, fontsize=8)
+                xlabel = spec.axis_label
+                if kind == "jpeg":
+                    xlabel += " (exact)" if jpeg_exact else " (q−1 or q per image)"
+                ax.set_xlabel(xlabel, fontsize=8)
             if j == 0:
                 ax.set_ylabel(metric_label)
     handles = [Line2D([], [], color=colours[n % len(colours)], marker="o", label=run) for n, run in enumerate(runs)]
