@@ -397,10 +397,10 @@ def test_wrapper_training_lowers_loss():
     torch.manual_seed(0)
     wrapped = wrap_with_aux_loss(DummyForgeryModel(), {"name": "ncl", "head_hidden": 32, "embed_dim": 16})
     wrapped.train()
-    batch = _synthetic_batch()
-    opt = torch.optim.AdamW(wrapped.parameters(), lr=3e-3)
+    batch = _synthetic_batch(size=48)
+    opt = torch.optim.AdamW(wrapped.parameters(), lr=5e-3)
     losses, aux = [], []
-    for _ in range(15):
+    for _ in range(8):
         out = wrapped(batch)
         opt.zero_grad()
         out["loss"].backward()
@@ -408,5 +408,5 @@ def test_wrapper_training_lowers_loss():
         losses.append(out["loss"].item())
         aux.append(sum(v.item() for k, v in out["loss_terms"].items() if k.startswith("ncl_")))
     assert all(math.isfinite(v) for v in losses)
-    assert losses[-1] < 0.8 * losses[0]
-    assert aux[-1] < aux[0]
+    assert losses[-1] < 0.85 * losses[0]
+    assert aux[-1] < 0.9 * aux[0]
