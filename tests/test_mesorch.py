@@ -309,9 +309,18 @@ def test_tiny_trains():
 # Checkpoints and pretrained backbones
 # --------------------------------------------------------------------------------------------------
 def test_authors_checkpoint_via_create_model_and_convert(tmp_path):
+    import typer
     from typer.testing import CliRunner
 
-    from forgeloc.cli import _register_commands, app
+    from forgeloc.cli import convert as convert_command
+
+    app = typer.Typer()  # only `convert`: this test must not depend on the other sub-commands
+
+    @app.callback()
+    def _root() -> None:
+        pass
+
+    convert_command.register(app)
 
     torch.manual_seed(3)
     source = create_model("mesorch_p_tiny")
@@ -323,7 +332,6 @@ def test_authors_checkpoint_via_create_model_and_convert(tmp_path):
     for k, v in loaded.state_dict().items():
         assert torch.equal(v, sd[k]), k
 
-    _register_commands()
     result = CliRunner().invoke(app, ["convert", str(pth), str(tmp_path / "out"), "--model", "mesorch_p_tiny"])
     assert result.exit_code == 0, result.output
     converted = create_model("mesorch_p_tiny", checkpoint=tmp_path / "out")
