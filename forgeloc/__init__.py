@@ -5,10 +5,32 @@ Public API (small on purpose)::
     import forgeloc
     model = forgeloc.create_model("sparsevit", checkpoint="sparsevit.safetensors")
     forgeloc.list_models()
+    predictor = forgeloc.load("runs/quickstart")          # or load("sparsevit", checkpoint=PATH)
+    predictor.predict("photo.jpg").save("out/")
 """
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
 
 from forgeloc.models.registry import create_model, list_models, register_model
 
+if TYPE_CHECKING:
+    from forgeloc.inference.predictor import Predictor
+
 __version__ = "0.1.0"
 
-__all__ = ["__version__", "create_model", "list_models", "register_model"]
+
+def load(model_or_checkpoint: Any, checkpoint: Any = None, **kwargs: Any) -> Predictor:
+    """A ready-to-use predictor from a checkpoint (see :func:`forgeloc.inference.predictor.load`).
+
+    ``forgeloc.load(PATH)`` for a run/checkpoint folder that names its model, or
+    ``forgeloc.load("sparsevit", checkpoint=PATH)``; then ``.predict(image)``.
+    """
+    # Imported on use: inference pulls in OpenCV and albumentations, ``import forgeloc`` stays light.
+    from forgeloc.inference.predictor import load as _load
+
+    return _load(model_or_checkpoint, checkpoint, **kwargs)
+
+
+__all__ = ["__version__", "create_model", "list_models", "load", "register_model"]

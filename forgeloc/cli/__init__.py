@@ -40,6 +40,8 @@ _COMMAND_MODULES = (
     "robustness",
     "convert",
     "bench",
+    "predict",
+    "serve",
 )
 
 

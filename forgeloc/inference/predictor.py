@@ -1,0 +1,555 @@
+"""Predicting on photos: :class:`Predictor` (a loaded model + how to feed it) and :class:`Prediction`.
+
+::
+
+    import forgeloc
+    model = forgeloc.load("runs/quickstart")            # a run / checkpoint folder naming its model
+    model = forgeloc.load("sparsevit", checkpoint="sparsevit.safetensors")
+    result = model.predict("photo.jpg")                 # path, bytes, numpy array or PIL image
+    result.score, result.tampered_fraction, result.heatmap.shape == result.image.shape[:2]
+    result.save("out/")                                 # heatmap / overlay / mask PNGs + JSON
+
+Two ways to feed an image of any size to a model trained on ``S × S`` inputs (``S`` = the model's
+fixed ``input_size``, else the size recorded in the checkpoint, else 512):
+
+* ``mode="resize"``: resize to ``S × S`` with ``cv2.INTER_LINEAR`` (exactly what training and
+  ``forgeloc test`` do), predict, resize the prediction back to the image's size (bilinear);
+* ``mode="tile"``: slide ``S × S`` windows over the image at full resolution with 25 % overlap and
+  blend them (:mod:`forgeloc.inference.tiling`);
+* ``mode="auto"`` (default): ``tile`` when the image's longer side exceeds ``2 × S`` (resizing
+  would shrink it more than twofold and wipe out fine traces) or when the checkpoint was trained
+  with IMDLBenCo's ``pad`` input mode (the model never saw resized images); otherwise ``resize``.
+
+Image score: the model's own ``pred_label`` when it has an image head (in tile mode: the largest
+over the windows), otherwise the reduction the checkpoint records (``image_score``, default
+``"max"``) of the predicted map, computed as :func:`forgeloc.metrics.functional.reduce_image_score`
+does. In resize mode it is taken on the model-resolution map, exactly as ``forgeloc test`` does,
+so the two report the same number for the same image.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+import torch
+from torch import nn
+
+from forgeloc.data.io import DEFAULT_MAX_PIXELS, DecompressionBombError, ImageReadError, read_image
+from forgeloc.data.transforms import normalize
+from forgeloc.engine.runtime import autocast_context
+from forgeloc.inference import tiling
+from forgeloc.inference import visualize as viz
+
+__all__ = ["MODES", "Prediction", "PredictionFailure", "Predictor", "load"]
+
+MODES = ("auto", "resize", "tile")
+#: ``auto`` tiles when the image's longer side is more than this many times the model's input size.
+AUTO_TILE_FACTOR = 2.0
+_AMP = {None: "none", "none": "none", "bf16": "bf16", "fp16": "fp16"}
+
+
+# --------------------------------------------------------------------------------------------------
+# Results
+# --------------------------------------------------------------------------------------------------
+@dataclass(eq=False)
+class Prediction:
+    """What the model says about one image; every array is at the image's own resolution.
+
+    ``heatmap``: float32 ``H×W`` tamper probability in [0, 1]; ``mask``: ``heatmap > threshold``
+    (strict); ``score``: the image score (see the module docstring for its definition);
+    ``tampered_fraction``: the share of ``mask`` pixels; ``image``: the uint8 RGB photo as read
+    (EXIF orientation applied); ``mode``: ``"resize"`` or ``"tile"`` (what ``auto`` chose).
+    """
+
+    heatmap: np.ndarray
+    score: float
+    threshold: float
+    image: np.ndarray
+    name: str
+    source: str | None = None
+    mode: str = "resize"
+    score_source: str = "max"
+    model: str = ""
+    windows: int = 1
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @functools.cached_property
+    def mask(self) -> np.ndarray:
+        return self.heatmap > self.threshold
+
+    @property
+    def tampered_fraction(self) -> float:
+        return float(np.count_nonzero(self.mask)) / max(1, self.mask.size)
+
+    @property
+    def height(self) -> int:
+        return int(self.heatmap.shape[0])
+
+    @property
+    def width(self) -> int:
+        return int(self.heatmap.shape[1])
+
+    def overlay(self, alpha: float = 0.5, outline: bool = True) -> np.ndarray:
+        """The photo with the heatmap blended in (opacity ``alpha × heat``) and the mask outlined."""
+        return viz.overlay(self.image, self.heatmap, alpha, self.mask if outline else None)
+
+    def heatmap_rgb(self) -> np.ndarray:
+        """The heatmap through the ``inferno`` colour map, ``H×W×3`` uint8."""
+        return viz.colorize(self.heatmap)
+
+    def mask_uint8(self) -> np.ndarray:
+        """The mask as ``H×W`` uint8, 255 = tampered."""
+        return viz.mask_to_uint8(self.mask)
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready summary (no arrays)."""
+        return {
+            "name": self.name,
+            "path": self.source,
+            "width": self.width,
+            "height": self.height,
+            "score": round(float(self.score), 6),
+            "score_source": self.score_source,
+            "tampered_fraction": round(self.tampered_fraction, 6),
+            "threshold": self.threshold,
+            "mode": self.mode,
+            "windows": self.windows,
+            "model": self.model,
+        }
+
+    def save(self, folder: str | Path, stem: str | None = None, write_json: bool = True) -> dict[str, str]:
+        """Write ``<stem>_heatmap.png``, ``<stem>_overlay.png``, ``<stem>_mask.png`` (0/255) and
+        ``<stem>.json`` into ``folder``; return the written paths by kind."""
+        folder = Path(folder)
+        folder.mkdir(parents=True, exist_ok=True)
+        stem = stem or Path(self.name).stem or "image"
+        files = {
+            "heatmap": viz.write_png(folder / f"{stem}_heatmap.png", self.heatmap_rgb()),
+            "overlay": viz.write_png(folder / f"{stem}_overlay.png", self.overlay()),
+            "mask": viz.write_png(folder / f"{stem}_mask.png", self.mask_uint8()),
+        }
+        out = {k: str(v) for k, v in files.items()}
+        if write_json:
+            path = folder / f"{stem}.json"
+            path.write_text(json.dumps({**self.to_dict(), "files": out}, indent=2))
+            out["json"] = str(path)
+        return out
+
+    def __repr__(self) -> str:
+        return (
+            f"Prediction(name={self.name!r}, size={self.width}x{self.height}, score={self.score:.4f}, "
+            f"tampered_fraction={self.tampered_fraction:.4f}, threshold={self.threshold}, mode={self.mode!r})"
+        )
+
+
+@dataclass
+class PredictionFailure:
+    """An input that could not be predicted (unreadable file, too many pixels, ...)."""
+
+    name: str
+    source: str | None
+    error: str
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"name": self.name, "path": self.source, "error": self.error}
+
+
+# --------------------------------------------------------------------------------------------------
+# Inputs
+# --------------------------------------------------------------------------------------------------
+def _array_to_rgb(arr: np.ndarray, where: str) -> np.ndarray:
+    """An RGB(A)/grey numpy array → ``H×W×3`` uint8 (same policy as :func:`forgeloc.data.io.read_image`)."""
+    if arr.ndim == 3 and arr.shape[2] == 1:
+        arr = arr[:, :, 0]
+    if arr.ndim not in (2, 3) or (arr.ndim == 3 and arr.shape[2] not in (3, 4)):
+        raise ValueError(f"{where}: expected an HxW, HxWx3 (RGB) or HxWx4 (RGBA) array, got shape {arr.shape}")
+    if arr.shape[0] == 0 or arr.shape[1] == 0:
+        raise ValueError(f"{where}: empty image of shape {arr.shape}")
+    if arr.dtype == np.bool_:
+        arr = arr.astype(np.uint8) * 255
+    elif np.issubdtype(arr.dtype, np.floating):
+        finite = np.nan_to_num(arr.astype(np.float64), nan=0.0, posinf=1.0, neginf=0.0)
+        if finite.size and finite.min() >= 0.0 and finite.max() <= 1.0:
+            finite = finite * 255.0
+        arr = np.clip(np.rint(finite), 0, 255).astype(np.uint8)
+    elif arr.dtype == np.uint16:
+        arr = (arr >> 8).astype(np.uint8)  # the 16-bit rule of forgeloc.data.io: keep the high byte
+    elif arr.dtype != np.uint8:
+        raise ValueError(f"{where}: unsupported array dtype {arr.dtype} (use uint8, uint16 or float in [0, 1])")
+    if arr.ndim == 2:
+        return np.ascontiguousarray(np.repeat(arr[:, :, None], 3, axis=2))
+    if arr.shape[2] == 4:
+        rgb, a = arr[:, :, :3].astype(np.uint16), arr[:, :, 3:4].astype(np.uint16)
+        # Composite on white, the rule read_image applies to files with transparency.
+        return np.ascontiguousarray(((rgb * a + 255 * (255 - a) + 127) // 255).astype(np.uint8))
+    return np.ascontiguousarray(arr)
+
+
+def _describe(item: Any) -> tuple[str, str | None]:
+    """``(display name, path or None)`` of an input."""
+    if isinstance(item, (str, os.PathLike)):
+        return Path(item).name or str(item), str(item)
+    name = getattr(item, "filename", None) or getattr(item, "name", None)
+    if isinstance(name, str) and name:
+        return Path(name).name, name
+    if isinstance(item, np.ndarray):
+        return "array", None
+    if isinstance(item, (bytes, bytearray, memoryview)):
+        return "bytes", None
+    return type(item).__name__, None
+
+
+def _check_pixels(width: int, height: int, max_pixels: int, where: str) -> None:
+    if width * height > max_pixels:
+        raise DecompressionBombError(where, f"too many pixels: {width}x{height} exceeds max_pixels={max_pixels:,}")
+
+
+def load_input(item: Any, max_pixels: int = DEFAULT_MAX_PIXELS, name: str | None = None) -> np.ndarray:
+    """Any supported input → ``H×W×3`` uint8 RGB. Paths and bytes go through :func:`read_image`."""
+    where = name or _describe(item)[0]
+    if isinstance(item, np.ndarray):
+        if item.ndim >= 2:
+            _check_pixels(item.shape[1], item.shape[0], max_pixels, where)
+        return _array_to_rgb(item, where)
+    if isinstance(item, torch.Tensor):
+        raise TypeError(f"{where}: pass images as numpy arrays, paths or bytes, not torch tensors")
+    try:
+        from PIL import Image
+    except ImportError:  # pragma: no cover - Pillow is a dependency
+        Image = None
+    if Image is not None and isinstance(item, Image.Image):
+        _check_pixels(item.width, item.height, max_pixels, where)
+        from forgeloc.data.io import _to_rgb  # same mode policy as files (alpha on white, 16-bit high byte)
+
+        item.load()
+        return _to_rgb(item, where, alpha="white")
+    return read_image(item, max_pixels=max_pixels, name=name)
+
+
+# --------------------------------------------------------------------------------------------------
+# The predictor
+# --------------------------------------------------------------------------------------------------
+def _resolve_device(device: str | torch.device | None) -> torch.device:
+    if device is None:
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    dev = torch.device(device)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device {device!r} requested but CUDA is not available; use device='cpu'")
+    return dev
+
+
+class Predictor:
+    """A model ready to predict on photos of any size (see the module docstring).
+
+    Args:
+        model: a :class:`~forgeloc.models.base.ForgeryModel` (put in eval mode and moved to ``device``).
+        input_size: side ``S`` of the model's square input (default: the model's fixed
+            ``input_size``, else 512).
+        input_mode: how the checkpoint was trained (``"resize"`` or ``"pad"``; ``pad`` makes
+            ``auto`` always tile and pads small tiles with black, as in training).
+        threshold: default binarisation threshold for masks (``heatmap > threshold``).
+        image_score: reduction giving the image score when the model has no image head.
+        device: ``"cpu"``, ``"cuda"``, ``"cuda:1"``...; default CUDA when available.
+        amp: ``None`` or ``"bf16"`` (CPU or GPU) / ``"fp16"`` (GPU) autocast.
+        tile_overlap: fraction of the window shared by neighbouring tiles.
+        max_pixels: images declaring more pixels are refused before decoding.
+        info: free-form metadata shown in reports (checkpoint path, ...).
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        *,
+        input_size: int | None = None,
+        input_mode: str = "resize",
+        threshold: float = 0.5,
+        image_score: str = "max",
+        device: str | torch.device | None = None,
+        amp: str | None = None,
+        tile_overlap: float = 0.25,
+        max_pixels: int = DEFAULT_MAX_PIXELS,
+        info: dict[str, Any] | None = None,
+    ) -> None:
+        from forgeloc.metrics.image import IMAGE_SCORES
+
+        if amp not in _AMP:
+            raise ValueError(f"amp must be None, 'bf16' or 'fp16', got {amp!r}")
+        if image_score not in IMAGE_SCORES:
+            raise ValueError(f"image_score must be one of {IMAGE_SCORES}, got {image_score!r}")
+        if input_mode not in ("resize", "pad"):
+            raise ValueError(f"input_mode must be 'resize' or 'pad', got {input_mode!r}")
+        if not 0.0 <= float(threshold) <= 1.0:
+            raise ValueError(f"threshold must be in [0, 1], got {threshold}")
+        self.device = _resolve_device(device)
+        self.amp = _AMP[amp]
+        autocast_context(self.device, self.amp)  # fails now, not at the first image, for fp16 on CPU
+        fixed = getattr(model, "input_size", None)
+        size = int(fixed or input_size or 512)
+        divisor = int(getattr(model, "size_divisor", 1) or 1)
+        if size % divisor:
+            raise ValueError(f"input size {size} is not a multiple of the model's size divisor {divisor}")
+        self.model = model.to(self.device).eval()
+        self.input_size = size
+        self.input_mode = input_mode
+        self.threshold = float(threshold)
+        self.image_score = image_score
+        self.tile_overlap = float(tile_overlap)
+        tiling.window_grid(size, size, size, self.tile_overlap)  # validates the overlap
+        self.max_pixels = int(max_pixels)
+        self.model_name = str(getattr(model, "model_name", type(model).__name__))
+        self.info = {"model": self.model_name, **(info or {})}
+
+    # -- construction ------------------------------------------------------------------------------
+    @classmethod
+    def from_checkpoint(
+        cls,
+        checkpoint: str | os.PathLike,
+        model: str | None = None,
+        *,
+        threshold: float | None = None,
+        image_score: str | None = None,
+        input_size: int | None = None,
+        device: str | torch.device | None = None,
+        amp: str | None = None,
+        tile_overlap: float = 0.25,
+        max_pixels: int = DEFAULT_MAX_PIXELS,
+        **model_kwargs: Any,
+    ) -> Predictor:
+        """Load a run folder, checkpoint folder or weights file (``model`` names the architecture
+        when no ``config.json`` does); the recorded input size/mode, threshold and image score are used."""
+        from forgeloc.checkpoint import load_model
+
+        net, meta = load_model(checkpoint, model=model, **model_kwargs)
+        recorded = meta.get("input") or {}
+        mode = recorded.get("mode", "resize")
+        return cls(
+            net,
+            input_size=input_size or recorded.get("size"),
+            input_mode=mode if mode in ("resize", "pad") else "resize",
+            threshold=meta.get("threshold", 0.5) if threshold is None else threshold,
+            image_score=image_score or meta.get("image_score") or "max",
+            device=device,
+            amp=amp,
+            tile_overlap=tile_overlap,
+            max_pixels=max_pixels,
+            info={"checkpoint": meta.get("checkpoint"), "epoch": meta.get("epoch")},
+        )
+
+    def describe(self) -> dict[str, Any]:
+        """Model, checkpoint and settings, for reports and the web API."""
+        return {
+            **self.info,
+            "input_size": self.input_size,
+            "input_mode": self.input_mode,
+            "threshold": self.threshold,
+            "image_score": self.image_score if not self._has_image_head else "pred_label",
+            "device": str(self.device),
+            "amp": self.amp,
+            "tile_overlap": self.tile_overlap,
+            "auto_rule": f"tile when the longer side > {AUTO_TILE_FACTOR:g} x {self.input_size} px"
+            + (" (always: trained with pad)" if self.input_mode == "pad" else "") + ", else resize",
+        }
+
+    @property
+    def _has_image_head(self) -> bool:
+        return bool(getattr(self.model, "has_image_head", False))
+
+    def choose_mode(self, height: int, width: int, mode: str = "auto") -> str:
+        """What ``mode`` means for an image of this size: ``"resize"`` or ``"tile"``."""
+        if mode not in MODES:
+            raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+        if mode != "auto":
+            return mode
+        if self.input_mode == "pad" or max(height, width) > AUTO_TILE_FACTOR * self.input_size:
+            return "tile"
+        return "resize"
+
+    # -- forward -----------------------------------------------------------------------------------
+    def _forward(self, crops: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+        """``N×S×S×3`` uint8 → (``N×S×S`` float32 probabilities, ``N`` pred_label or None)."""
+        batch = torch.stack([normalize(c) for c in crops]).to(self.device)
+        with torch.inference_mode():
+            with autocast_context(self.device, self.amp):
+                out = self.model({"image": batch})
+            pred = out["pred_mask"]
+            if pred.ndim != 4 or pred.shape[1] != 1 or tuple(pred.shape[-2:]) != tuple(batch.shape[-2:]):
+                raise RuntimeError(f"{self.model_name} returned pred_mask of shape {tuple(pred.shape)} for input "
+                                   f"{tuple(batch.shape)}; the contract is (B, 1, H, W) at input resolution")
+            probs = pred[:, 0].float().clamp(0.0, 1.0).cpu().numpy()
+            label = out.get("pred_label")
+            labels = label.float().reshape(-1).cpu().numpy() if isinstance(label, torch.Tensor) else None
+        return probs, labels
+
+    def _reduce(self, prob: np.ndarray) -> float:
+        if self.image_score == "max":
+            # Same value as reduce_image_score(…, "max") without its float64 copy of a huge map.
+            return float(prob.max())
+        from forgeloc.metrics.functional import reduce_image_score
+
+        return float(reduce_image_score(torch.from_numpy(prob)[None, None], None, self.image_score).item())
+
+    def _score(self, prob_native: np.ndarray, label: float | None) -> tuple[float, str]:
+        if label is not None:
+            return float(label), "pred_label"
+        return self._reduce(prob_native), self.image_score
+
+    def _predict_resized(self, images: list[np.ndarray]) -> list[tuple[np.ndarray, float, str]]:
+        s = self.input_size
+        crops = np.stack([cv2.resize(im, (s, s), interpolation=cv2.INTER_LINEAR) for im in images])
+        probs, labels = self._forward(crops)
+        out = []
+        for i, (im, prob) in enumerate(zip(images, probs, strict=True)):
+            h, w = im.shape[:2]
+            score, source = self._score(prob, None if labels is None else labels[i])
+            heat = prob if (h, w) == (s, s) else cv2.resize(prob, (w, h), interpolation=cv2.INTER_LINEAR)
+            out.append((np.clip(heat, 0.0, 1.0, out=heat).astype(np.float32, copy=False), score, source))
+        return out
+
+    def _predict_tiled(self, image: np.ndarray, batch_size: int) -> tuple[np.ndarray, float, str, int]:
+        padding = "black" if self.input_mode == "pad" else "reflect"
+        heat, label, n = tiling.tile_predict(
+            image, self._forward, self.input_size, overlap=self.tile_overlap, batch_size=batch_size, padding=padding
+        )
+        score, source = self._score(heat, label)
+        return heat, score, source, n
+
+    # -- public API --------------------------------------------------------------------------------
+    def predict(
+        self,
+        image: Any,
+        mode: str = "auto",
+        threshold: float | None = None,
+        *,
+        name: str | None = None,
+        batch_size: int = 4,
+    ) -> Prediction:
+        """Predict on one image: a path, raw bytes, a binary file object, an RGB numpy array
+        (uint8 ``H×W×3``, ``H×W`` grey, ``H×W×4`` RGBA, uint16, or float in [0, 1]) or a PIL image.
+
+        ``threshold`` defaults to the checkpoint's (else 0.5); ``batch_size`` = windows per forward
+        pass in tile mode.
+        """
+        result = next(self.iter_predict([image], batch_size=batch_size, mode=mode, threshold=threshold,
+                                        names=None if name is None else [name]))
+        assert isinstance(result, Prediction)  # errors are raised, not yielded, by default
+        return result
+
+    def predict_batch(
+        self, items: Iterable[Any], batch_size: int = 4, mode: str = "auto", threshold: float | None = None
+    ) -> list[Prediction]:
+        """Predict on many images with batched forward passes; results in input order."""
+        return [r for r in self.iter_predict(items, batch_size=batch_size, mode=mode, threshold=threshold)
+                if isinstance(r, Prediction)]
+
+    def iter_predict(
+        self,
+        items: Iterable[Any],
+        *,
+        batch_size: int = 4,
+        mode: str = "auto",
+        threshold: float | None = None,
+        skip_errors: bool = False,
+        names: Iterable[str] | None = None,
+    ) -> Iterator[Prediction | PredictionFailure]:
+        """Yield one result per input, in order, reading only ``batch_size`` images at a time.
+
+        Images predicted in resize mode share forward passes (``batch_size`` per pass); a tiled
+        image runs its windows ``batch_size`` at a time. With ``skip_errors=True`` an unreadable
+        input yields a :class:`PredictionFailure` instead of raising.
+        """
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be at least 1, got {batch_size}")
+        if mode not in MODES:
+            raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+        thr = self.threshold if threshold is None else float(threshold)
+        if not 0.0 <= thr <= 1.0:
+            raise ValueError(f"threshold must be in [0, 1], got {thr}")
+        name_iter = iter(names) if names is not None else None
+        chunk: list[tuple[Any, str]] = []
+        for item in items:
+            label = next(name_iter, None) if name_iter is not None else None
+            chunk.append((item, label or _describe(item)[0]))
+            if len(chunk) == batch_size:
+                yield from self._run_chunk(chunk, batch_size, mode, thr, skip_errors)
+                chunk = []
+        if chunk:
+            yield from self._run_chunk(chunk, batch_size, mode, thr, skip_errors)
+
+    def _run_chunk(
+        self, chunk: list[tuple[Any, str]], batch_size: int, mode: str, threshold: float, skip_errors: bool
+    ) -> Iterator[Prediction | PredictionFailure]:
+        loaded: list[np.ndarray | PredictionFailure] = []
+        for item, name in chunk:
+            try:
+                loaded.append(load_input(item, self.max_pixels, name=_describe(item)[1] or name))
+            except (ImageReadError, ValueError, TypeError) as err:
+                if not skip_errors:
+                    raise
+                reason = err.reason if isinstance(err, ImageReadError) else str(err)
+                loaded.append(PredictionFailure(name, _describe(item)[1], reason))
+        resized = [i for i, im in enumerate(loaded)
+                   if isinstance(im, np.ndarray) and self.choose_mode(*im.shape[:2], mode) == "resize"]
+        resized_out = dict(zip(resized, self._predict_resized([loaded[i] for i in resized]), strict=True)) \
+            if resized else {}
+        for i, ((item, name), im) in enumerate(zip(chunk, loaded, strict=True)):
+            if isinstance(im, PredictionFailure):
+                yield im
+                continue
+            if i in resized_out:
+                heat, score, source = resized_out.pop(i)
+                chosen, windows = "resize", 1
+            else:
+                heat, score, source, windows = self._predict_tiled(im, batch_size)
+                chosen = "tile"
+            yield Prediction(
+                heatmap=heat, score=score, threshold=threshold, image=im, name=name,
+                source=_describe(item)[1], mode=chosen, score_source=source, model=self.model_name,
+                windows=windows,
+            )
+
+    def __repr__(self) -> str:
+        return (f"Predictor(model={self.model_name!r}, input_size={self.input_size}, threshold={self.threshold}, "
+                f"device={str(self.device)!r})")
+
+
+def load(
+    model_or_checkpoint: str | os.PathLike,
+    checkpoint: str | os.PathLike | None = None,
+    *,
+    device: str | torch.device | None = None,
+    amp: str | None = None,
+    threshold: float | None = None,
+    **kwargs: Any,
+) -> Predictor:
+    """A :class:`Predictor` from a checkpoint.
+
+    ``forgeloc.load(PATH)``: a run folder or checkpoint folder whose ``config.json`` names the
+    model. ``forgeloc.load("sparsevit", checkpoint=PATH)``: a model name and its weights (any file
+    :func:`forgeloc.create_model` reads: safetensors, the authors' ``.pth``). Other keyword
+    arguments go to :meth:`Predictor.from_checkpoint` (``image_score``, ``input_size``,
+    ``tile_overlap``, ``max_pixels``) or to the model constructor.
+    """
+    if checkpoint is None:
+        path = Path(model_or_checkpoint)
+        if not path.exists():
+            from forgeloc.models.registry import list_models
+
+            if str(model_or_checkpoint) in list_models():
+                raise ValueError(
+                    f"forgeloc.load({str(model_or_checkpoint)!r}) needs trained weights: pass "
+                    f"checkpoint=PATH (a forgeloc checkpoint folder or the authors' weights file; "
+                    "docs/models lists where each paper's authors publish theirs)"
+                )
+            raise FileNotFoundError(f"{path}: no such checkpoint (a run folder, checkpoint folder or weights file)")
+        return Predictor.from_checkpoint(path, device=device, amp=amp, threshold=threshold, **kwargs)
+    return Predictor.from_checkpoint(
+        checkpoint, model=str(model_or_checkpoint), device=device, amp=amp, threshold=threshold, **kwargs
+    )
