@@ -47,13 +47,28 @@ class ImageToMask(nn.Module):
         return self.model({"image": image})["pred_mask"]
 
 
+def _sdpa_flops(inputs: list[Any], outputs: list[Any]) -> int:
+    """fvcore handle for fused attention: q·kᵀ and attn·v, one multiply-add each = one FLOP."""
+    from fvcore.nn.jit_handles import get_shape
+
+    q, k, v = (get_shape(t) for t in inputs[:3])
+    batch = 1
+    for d in q[:-2]:
+        batch *= d
+    n, d_qk = q[-2], q[-1]
+    m, d_v = k[-2], v[-1]
+    return batch * n * m * (d_qk + d_v)
+
+
 def count_flops(model: nn.Module, size: int, batch: int = 1) -> float:
     """fvcore FLOPs of one forward at ``batch × 3 × size × size`` (fused multiply-add = 1)."""
     from fvcore.nn import FlopCountAnalysis
 
     wrapped = ImageToMask(model).eval()
     x = torch.randn(batch, 3, size, size)
-    analysis = FlopCountAnalysis(wrapped, (x,))
+    analysis = FlopCountAnalysis(wrapped, (x,)).set_op_handle(
+        "aten::scaled_dot_product_attention", _sdpa_flops
+    )
     analysis.unsupported_ops_warnings(False)
     analysis.uncalled_modules_warnings(False)
     with torch.no_grad():

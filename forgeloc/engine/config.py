@@ -205,16 +205,13 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
     _resolve_paths(raw, root)
     for key, value in parse_overrides(overrides or []):
         # Paths given on the command line are relative to the working directory, not the config.
+        # The override replaces the value at its path (a whole section given as a mapping
+        # replaces that section; ``data.test.NAME=PATH`` adds one test set).
         single: dict[str, Any] = {}
         _set_dotted(single, key, value)
         _resolve_paths(single, Path.cwd())
-        _deep_merge(raw, single)
+        node: Any = single
+        for part in key.split("."):
+            node = node[part]
+        _set_dotted(raw, key, node)
     return Config.model_validate(raw)
-
-
-def _deep_merge(into: dict[str, Any], update: dict[str, Any]) -> None:
-    for key, value in update.items():
-        if isinstance(value, dict) and isinstance(into.get(key), dict):
-            _deep_merge(into[key], value)
-        else:
-            into[key] = value
