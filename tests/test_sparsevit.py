@@ -370,7 +370,7 @@ def test_tiny_trains_loss_falls() -> None:
     torch.manual_seed(0)
     model = create_model("sparsevit_tiny", drop_path_rate=0.0).train()
     batch = blob_batch(2, 128, seed=1)
-    opt = torch.optim.AdamW(model.parameters(), lr=2e-4, weight_decay=0.05)  # the paper's optimiser
+    opt = torch.optim.AdamW(model.parameters(), lr=2e-4, weight_decay=0.05, foreach=True)  # paper optimiser
     losses = []
     for _ in range(8):
         loss = model(batch)["loss"]
