@@ -187,7 +187,16 @@ def predict(
     info["mode"] = mode
     _write_tables(out, rows, failures, info)
     if report:
-        page = write_report(out / "report.html", entries, {**info, "output": str(out)},
+        shown = {
+            "model": info.get("model"),
+            "checkpoint": info.get("checkpoint"),
+            "threshold": info.get("threshold"),
+            "image score": info.get("image_score"),
+            "model input": f"{info.get('input_size')} px (trained with {info.get('input_mode')})",
+            "prediction mode": mode + (f": {info.get('auto_rule')}" if mode == "auto" else ""),
+            "output folder": str(out),
+        }
+        page = write_report(out / "report.html", entries, shown,
                             [PredictionFailure(f["name"], f["path"], f["error"]) for f in failures])
         console.print(f"report: {page}", highlight=False)
     console.print(f"{len(rows)} image(s) predicted; results in {out / 'results.json'} and {out / 'results.csv'}",

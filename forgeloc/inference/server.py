@@ -17,8 +17,6 @@ Design (see ``docs/inference.md``):
   JSON response, all in memory, dropped when the response is sent.
 """
 
-from __future__ import annotations
-
 import base64
 import importlib.resources
 import threading
@@ -73,6 +71,8 @@ def create_app(
     display_side: int = DISPLAY_SIDE,
 ) -> Any:
     """The FastAPI application serving ``predictor`` (see the module docstring for the API)."""
+    # No ``from __future__ import annotations`` in this module: FastAPI reads the route signatures
+    # annotations at run time, and ``Request`` is imported here, not at module level.
     from fastapi import FastAPI, Request
     from fastapi.concurrency import run_in_threadpool
     from fastapi.responses import JSONResponse, Response
