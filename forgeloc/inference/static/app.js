@@ -103,7 +103,7 @@
     parts.push("input " + info.input_size + " px", "threshold " + info.threshold);
     $("model-info").textContent = parts.join(" · ");
     $("limits").textContent = "Up to " + info.max_upload_mb + " MB and " +
-      (info.max_pixels / 1e6).toFixed(0) + " megapixels. " + info.auto_rule + ".";
+      (info.max_pixels / 1e6).toFixed(0) + " megapixels. Mode auto: " + info.auto_rule + ".";
     $("colour-scale").style.background = "linear-gradient(to right, " + info.colormap_stops.join(", ") + ")";
   }).catch(function () { $("model-info").textContent = "model information unavailable"; });
   applyOpacity();

@@ -1,0 +1,213 @@
+"""``forgeloc serve`` as a real subprocess, driven by a real headless Chromium (Playwright).
+
+Needs the Debian ``chromium`` package at /usr/bin/chromium (Playwright cannot download its own
+browsers here); skipped with that reason otherwise. Screenshots go to ``test-artifacts/``.
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+import os
+import re
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import numpy as np
+import pytest
+from conftest import REPO, shared_path
+from PIL import Image
+from test_predict import COVERAGE_PNG, make_tiny_checkpoint
+
+CHROMIUM = Path("/usr/bin/chromium")
+CHROMIUM_ARGS = ["--no-sandbox", "--headless", "--disable-gpu", "--disable-background-networking",
+                 "--disable-component-update", "--no-first-run", "--disable-sync"]
+ARTIFACTS = REPO / "test-artifacts"
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    """``python -m forgeloc serve`` on a free port with a tiny checkpoint; yields its base URL."""
+    ckpt = make_tiny_checkpoint(tmp_path_factory.mktemp("serve") / "tiny", size=64)
+    port = _free_port()
+    log = tmp_path_factory.mktemp("serve_log") / "server.log"
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    with open(log, "w") as fh:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "forgeloc", "serve", str(ckpt), "--port", str(port), "--max-upload-mb", "1",
+             "--max-pixels", "4000000"],
+            stdout=fh, stderr=subprocess.STDOUT, env=env, cwd=tmp_path_factory.mktemp("serve_cwd"),
+        )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            if proc.poll() is not None:
+                pytest.fail(f"forgeloc serve exited with {proc.returncode}:\n{log.read_text()}")
+            try:
+                with urllib.request.urlopen(f"{url}/api/health", timeout=2) as r:
+                    if json.load(r)["status"] == "ok":
+                        break
+            except OSError:
+                pass
+            if time.monotonic() > deadline:
+                pytest.fail(f"forgeloc serve did not answer /api/health in 120 s:\n{log.read_text()}")
+            time.sleep(0.3)
+        yield url
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+@pytest.fixture(scope="module")
+def browser():
+    if not CHROMIUM.exists():
+        pytest.skip(f"{CHROMIUM} not found: install Debian's chromium package (apt-get install -y chromium)")
+    sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is not installed")
+    with sync_api.sync_playwright() as p:
+        b = p.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+        try:
+            yield b
+        finally:
+            b.close()
+
+
+def _watch_errors(page) -> list[str]:
+    errors: list[str] = []
+    page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
+    page.on("pageerror", lambda e: errors.append(str(e)))
+    return errors
+
+
+@pytest.mark.browser
+def test_upload_result_slider_download_and_errors(server, browser, tmp_path):
+    ARTIFACTS.mkdir(exist_ok=True)
+    photo = shared_path(*COVERAGE_PNG)
+    page = browser.new_page(viewport={"width": 1200, "height": 900})
+    errors = _watch_errors(page)
+    page.goto(server + "/")
+    expect = pytest.importorskip("playwright.sync_api").expect  # waits without eval(): the page's CSP forbids it
+    expect(page.locator("#model-info")).to_contain_text("unet_baseline_tiny")
+
+    # 1. file picker (resize mode: the tiny model would need 81 windows to tile this photo)
+    page.select_option("#mode", "resize")
+    with page.expect_response(re.compile(r".*/api/predict.*")) as response_info:
+        page.set_input_files("#file-input", str(photo))
+    assert response_info.value.status == 200
+    page.wait_for_selector("#result:not([hidden])")
+    # The same upload through the JSON API directly (the browser's copy of a large body is not kept).
+    request = urllib.request.Request(server + "/api/predict?mode=resize", data=photo.read_bytes(), method="POST",
+                                     headers={"Content-Type": "application/octet-stream"})
+    with urllib.request.urlopen(request, timeout=60) as r:
+        body = json.load(r)
+    assert page.text_content("#score") == f"{body['score']:.3f}"
+    assert page.text_content("#fraction").endswith("%")
+    assert page.text_content("#result-name") == photo.name
+    assert page.text_content("#mode-used") == "resize"
+    for img in ("#overlay-photo", "#overlay-layer", "#heatmap"):
+        assert page.eval_on_selector(img, "e => e.complete && e.naturalWidth > 0"), img
+
+    # 2. the opacity slider drives the overlay layer's opacity
+    opacity = "e => getComputedStyle(e).opacity"
+    assert page.eval_on_selector("#overlay-layer", opacity) == "0.7"
+    page.fill("#opacity", "20")
+    assert page.eval_on_selector("#overlay-layer", opacity) == "0.2"
+    assert page.text_content("#opacity-value") == "20 %"
+    page.fill("#opacity", "100")
+    assert page.eval_on_selector("#overlay-layer", opacity) == "1"
+
+    # 3. the mask download: a full-resolution 0/255 PNG named after the photo
+    link = page.locator("#download-mask")
+    assert link.get_attribute("download") == f"{photo.stem}_mask.png"
+    with page.expect_download() as download_info:
+        link.click()
+    saved = tmp_path / "mask.png"
+    download_info.value.save_as(saved)
+    mask = np.asarray(Image.open(saved))
+    assert mask.shape == (body["height"], body["width"]) and set(np.unique(mask)) <= {0, 255}
+    page.screenshot(path=str(ARTIFACTS / "serve.png"))
+
+    # 4. drag and drop (a dispatched drop event carrying a real File)
+    buf = io.BytesIO()
+    Image.fromarray(np.random.default_rng(0).integers(0, 256, (48, 80, 3), dtype=np.uint8)).save(buf, "PNG")
+    page.evaluate(
+        """b64 => {
+            const bytes = Uint8Array.from(atob(b64), c => c.charCodeAt(0));
+            const dt = new DataTransfer();
+            dt.items.add(new File([bytes], "dropped.png", {type: "image/png"}));
+            const zone = document.getElementById("drop-zone");
+            zone.dispatchEvent(new DragEvent("dragover", {dataTransfer: dt, bubbles: true, cancelable: true}));
+            zone.dispatchEvent(new DragEvent("drop", {dataTransfer: dt, bubbles: true, cancelable: true}));
+        }""",
+        base64.b64encode(buf.getvalue()).decode(),
+    )
+    expect(page.locator("#result-name")).to_have_text("dropped.png")
+    assert page.text_content("#size") == "80 × 48"
+
+    # 5. a non-image is refused with a clear message, shown to the person
+    page.set_input_files("#file-input", files=[{"name": "notes.txt", "mimeType": "text/plain",
+                                                "buffer": b"these are my notes, not a photo"}])
+    page.wait_for_selector("#error:not([hidden])")
+    assert page.text_content("#error").startswith("not an image: notes.txt")
+    assert page.is_hidden("#result")
+    page.screenshot(path=str(ARTIFACTS / "serve_error.png"))
+    # Only the refused upload's HTTP 415 may be logged; no script error, no CSP violation.
+    assert all("415" in e for e in errors), errors
+    page.close()
+
+
+@pytest.mark.browser
+def test_report_renders_sorts_and_does_not_run_injected_code(browser, tmp_path):
+    from test_report import HOSTILE, _entries
+
+    from forgeloc.inference.report import write_report
+
+    ARTIFACTS.mkdir(exist_ok=True)
+    path = write_report(tmp_path / "report.html", _entries(tmp_path), {"model": "pixel"})
+    page = browser.new_page(viewport={"width": 1200, "height": 900})
+    errors = _watch_errors(page)
+    page.goto(path.as_uri())
+    names = page.eval_on_selector_all("td.name", "cells => cells.map(c => c.textContent)")
+    assert HOSTILE in names  # shown as text
+    assert page.evaluate("window.pwned === undefined")
+    scores = lambda: [float(v) for v in page.eval_on_selector_all(  # noqa: E731
+        "td.score", "cells => cells.map(c => c.dataset.value)")]
+    assert scores() == sorted(scores(), reverse=True)
+    page.click("th[data-col='4'] button")
+    assert scores() == sorted(scores())
+    page.click("th[data-col='3'] button")
+    assert page.eval_on_selector_all("td.name", "c => c.map(x => x.textContent)")[0] == sorted(names)[-1]
+    page.screenshot(path=str(ARTIFACTS / "report.png"))
+    assert page.evaluate("window.pwned === undefined") and errors == [], errors
+    page.close()
+
+
+def test_live_server_refuses_a_declared_oversize_upload_before_reading_it(server):
+    """Headers announce 100 MB, no body follows: the 413 must come back at once."""
+    host, port = server.removeprefix("http://").split(":")
+    with socket.create_connection((host, int(port)), timeout=10) as s:
+        s.sendall(b"POST /api/predict HTTP/1.1\r\nHost: x\r\nContent-Type: application/octet-stream\r\n"
+                  b"Content-Length: 104857600\r\n\r\n" + bytes(1024))
+        reply = b""
+        while b"\r\n\r\n" not in reply or not reply.rstrip().endswith(b"}"):
+            chunk = s.recv(4096)
+            if not chunk:
+                break
+            reply += chunk
+    assert reply.startswith(b"HTTP/1.1 413"), reply[:200]
+    assert b"limit is 1 MB" in reply
