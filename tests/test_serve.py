@@ -124,7 +124,11 @@ def test_pixel_limit(client):
     assert r.status_code == 413 and "too many pixels" in r.json()["detail"]
 
 
-def test_uploads_never_touch_the_disk(client, tmp_path, monkeypatch):
+def test_uploads_never_touch_the_disk(tmp_path, monkeypatch):
+    # Over 1 MB: where a multipart parser would roll the upload over into a temporary file.
+    upload = _png(800, 800)
+    assert len(upload) > 1_200_000
+    app = create_app(Predictor(PixelModel(), input_size=32), max_upload_mb=4)
     work, temp = tmp_path / "cwd", tmp_path / "tmp"
     work.mkdir()
     temp.mkdir()
@@ -140,9 +144,10 @@ def test_uploads_never_touch_the_disk(client, tmp_path, monkeypatch):
         return real_open(file, mode, *args, **kwargs)
 
     monkeypatch.setattr("builtins.open", spy_open)
-    for _ in range(2):
-        assert client.post("/api/predict", content=_png(40, 40), headers={"X-Filename": "x.png"}).status_code == 200
-    assert client.post("/api/predict", content=b"junk").status_code == 415
+    with TestClient(app) as client:
+        r = client.post("/api/predict?mode=resize", content=upload, headers={"X-Filename": "x.png"})
+        assert r.status_code == 200, r.text
+        assert client.post("/api/predict", content=b"junk").status_code == 415
     assert os.listdir(work) == [] and os.listdir(temp) == []
     assert opened == []
 
