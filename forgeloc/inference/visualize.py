@@ -97,10 +97,9 @@ def overlay(
     if image.shape[:2] != np.shape(heat):
         raise ValueError(f"image {image.shape[:2]} and heatmap {np.shape(heat)} differ in size")
     idx = _heat_index(heat)
-    # Integer blend: out = photo·(255 − a) + colour·a, a = alpha·heat in 0..255 (no float HxWx3 copies).
-    a = np.rint(idx.astype(np.float32) * alpha).astype(np.uint16)[..., None]
-    colour = colormap_lut(cmap)[idx].astype(np.uint16)
-    out = ((image.astype(np.uint16) * (255 - a) + colour * a + 127) // 255).astype(np.uint8)
+    # out = photo·(1 − a) + colour·a with a = alpha·heat per pixel; OpenCV's blend avoids HxWx3 float copies.
+    weight = idx.astype(np.float32) * np.float32(alpha / 255.0)
+    out = cv2.blendLinear(np.ascontiguousarray(image), colormap_lut(cmap)[idx], 1.0 - weight, weight)
     if mask is not None:
         m = np.asarray(mask, dtype=bool)
         if m.shape != image.shape[:2]:
@@ -132,7 +131,7 @@ def _to_bgr(image: np.ndarray) -> np.ndarray:
     return cv2.cvtColor(image, cv2.COLOR_RGB2BGR)
 
 
-def encode_png(image: np.ndarray, compression: int = 3) -> bytes:
+def encode_png(image: np.ndarray, compression: int = 1) -> bytes:
     """PNG bytes of an ``H×W`` (grey), ``H×W×3`` (RGB) or ``H×W×4`` (RGBA) uint8 array."""
     ok, buf = cv2.imencode(".png", _to_bgr(image), [cv2.IMWRITE_PNG_COMPRESSION, compression])
     if not ok:  # pragma: no cover - OpenCV only fails on unsupported layouts, checked by callers
