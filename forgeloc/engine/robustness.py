@@ -181,7 +181,7 @@ def run_robustness(
                         **metrics, "level": cond.level, "run": run, "dataset": dataset,
                         "perturbation": cond.perturbation, "condition": cond.label,
                     }
-                    log.info("%s | %s | %-26s pixel F1 %.4f  pixel AUC %.4f  (%.1f s)", run, dataset, cond.label,
+                    log.info("%s / %s / %s: pixel F1 %.4f, AUC %.4f (%.0f s)", run, dataset, cond.label,
                              metrics.get("pixel_f1", math.nan), metrics.get("pixel_auc", math.nan),
                              time.time() - t0)
         first = next(iter(runs_meta.values()))
