@@ -139,3 +139,20 @@ def test_forgeloc_test_same_metrics_with_one_and_two_processes(tmp_path: Path, s
         assert two[key] == pytest.approx(value, rel=1e-9, abs=1e-12, nan_ok=True), key
     for ext in ("md", "csv"):
         assert (tmp_path / "one" / f"metrics.{ext}").read_text().count("heldout") == 1
+
+
+def test_auxiliary_loss_run_saves_inference_weights_and_resumes(tmp_path: Path, synth_data) -> None:
+    """A model trained with NCL's losses switched on (``model.aux_loss``) predicts from its
+    checkpoint like any other model, and ``--resume`` restores the auxiliary heads too."""
+    from forgeloc.checkpoint import load_model
+    from forgeloc.engine.config import load_config
+    from forgeloc.engine.trainer import train
+
+    cfg_path = _config(tmp_path, synth_data, epochs=2, deterministic=False, max_steps_per_epoch=2)
+    overrides = [f"train.output_dir={tmp_path / 'run'}", "model.aux_loss={name: ncl, weight: 0.5}"]
+    first = train(load_config(cfg_path, [*overrides, "train.epochs=1"]), device="cpu")
+    assert any(k.startswith("train_ncl_") for k in first.history[0]), first.history[0]
+    model, meta = load_model(tmp_path / "run")
+    assert meta["model"] == "unet_baseline_tiny" and not any(k.startswith("aux.") for k in model.state_dict())
+    second = train(load_config(cfg_path, overrides), resume=tmp_path / "run", device="cpu")
+    assert [r["epoch"] for r in second.history if r["type"] == "train"] == [0, 1]

@@ -174,8 +174,8 @@ class Trainer:
             ckpt = find_latest_checkpoint(self.resume)
             if ckpt is None:
                 raise FileNotFoundError(f"--resume {self.resume}: no complete checkpoint found there")
-            unwrap(model).load_state_dict(load_state_dict_file(ckpt), strict=True)
             state = load_train_state(ckpt)
+            _load_run_weights(unwrap(model), load_state_dict_file(ckpt), state.get("aux_state"))
             optimizer.load_state_dict(state["optimizer"])
             scaler.load_state_dict(state["scaler"])
             set_rng_state(state["rng"])
@@ -262,7 +262,9 @@ class Trainer:
 
             if (epoch + 1) % cfg.train.save_every == 0 or last or improved:
                 if info.is_main:
+                    model_state, aux_state = _split_run_weights(unwrap(model))
                     state = {
+                        "aux_state": aux_state,
                         "optimizer": optimizer.state_dict(),
                         "scaler": scaler.state_dict(),
                         "rng": rng_state(),
@@ -273,7 +275,7 @@ class Trainer:
                         "forgeloc_version": __version__,
                     }
                     last_ckpt = save_checkpoint(
-                        out_dir, epoch, unwrap(model).state_dict(),
+                        out_dir, epoch, model_state,
                         inference_config(cfg, model, size, epoch, results or None), state,
                         keep_last=cfg.train.keep_last,
                     )
@@ -380,6 +382,23 @@ class Trainer:
         if info.is_main:
             console.print(metrics_table(results, title=f"evaluation after epoch {epoch + 1}"))
         return results
+
+
+def _split_run_weights(net: nn.Module) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor] | None]:
+    """(inference weights, auxiliary-head weights): ``model.safetensors`` must load into the bare
+    model for prediction, so an auxiliary-loss wrapper's heads travel in the training state."""
+    inner = getattr(net, "inner_state_dict", None)
+    if not callable(inner):
+        return net.state_dict(), None
+    aux = {k: v for k, v in net.state_dict().items() if k.startswith("aux.")}
+    return inner(), aux
+
+
+def _load_run_weights(net: nn.Module, weights: dict[str, torch.Tensor], aux: dict | None) -> None:
+    if aux is None:
+        net.load_state_dict(weights, strict=True)
+    else:
+        net.load_state_dict({**{f"model.{k}": v for k, v in weights.items()}, **aux}, strict=True)
 
 
 def _selection_value(results: dict[str, dict[str, Any]], metric: str) -> float | None:
