@@ -9,11 +9,17 @@ from pathlib import Path
 from typing import Any
 
 from forgeloc.checkpoint import atomic_write
-from forgeloc.engine.logger import format_value, ordered_metric_keys
+from forgeloc.engine.logger import METRIC_ORDER, format_value, ordered_metric_keys
 
 
-def markdown_table(rows: dict[str, dict[str, Any]], first_column: str = "dataset") -> str:
+def markdown_table(
+    rows: dict[str, dict[str, Any]], first_column: str = "dataset", *, all_columns: bool = False
+) -> str:
+    """Markdown for people: the headline metrics and counts (CSV and JSON carry every value)."""
     keys = ordered_metric_keys(rows)
+    if not all_columns:
+        secondary = ("pixel_", "image_", "n_")
+        keys = [k for k in keys if k in METRIC_ORDER or not k.startswith(secondary)]
     lines = [
         "| " + " | ".join([first_column, *keys]) + " |",
         "|" + "---|" * (len(keys) + 1),
