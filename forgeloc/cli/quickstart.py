@@ -9,10 +9,10 @@ import typer
 
 def quickstart(
     out: Path = typer.Option(Path("forgeloc-quickstart"), "--out", "-o", help="Folder for data, run and report."),
-    epochs: int = typer.Option(12, help="Training epochs (about 15-20 s each on 2 CPU cores)."),
+    epochs: int = typer.Option(10, help="Training epochs (about 20 s each on 2 idle CPU cores)."),
     n_train: int = typer.Option(480, help="Synthetic training images."),
     n_test: int = typer.Option(96, help="Synthetic held-out images (from photos never seen in training)."),
-    size: int = typer.Option(256, help="Image side in pixels."),
+    size: int = typer.Option(128, help="Image side in pixels."),
     seed: int = typer.Option(0, help="Seed for data, initialisation and order."),
 ) -> None:
     """Build a small tampered dataset from scikit-image's bundled photos, train the U-Net baseline on

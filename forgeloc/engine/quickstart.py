@@ -56,7 +56,9 @@ def quickstart_config(out: Path, train_json: Path, test_json: Path, *, epochs: i
             },
             "optim": {"name": "adamw", "lr": 2e-3, "min_lr": 1e-5, "weight_decay": 1e-4, "warmup_epochs": 1},
             "train": {
-                "epochs": epochs, "batch_size": 8, "seed": seed, "eval_every": max(1, epochs // 4),
+                # The held-out set is evaluated once, after the last epoch: selecting a checkpoint on
+                # it and then reporting it would flatter the number.
+                "epochs": epochs, "batch_size": 8, "seed": seed, "eval_every": epochs,
                 "save_every": epochs, "best_metric": "pixel_f1", "output_dir": str(out / "run"), "log_every": 5,
             },
             "eval": {"definition": "forgeloc", "threshold": 0.5, "image_score": "max"},
@@ -100,8 +102,8 @@ def run_quickstart(
     *,
     n_train: int = 480,
     n_test: int = 96,
-    size: int = 256,
-    epochs: int = 12,
+    size: int = 128,
+    epochs: int = 10,
     seed: int = 0,
 ) -> dict[str, Any]:
     """Run the whole quickstart; return the held-out metrics of the model and the trivial predictor."""
@@ -132,7 +134,7 @@ def run_quickstart(
     train_seconds = time.time() - t1
 
     log.info("3/3 evaluating on held-out photos and writing the report")
-    checkpoint = result.best_checkpoint or result.last_checkpoint
+    checkpoint = result.last_checkpoint
     rows = {"unet_baseline": result.final_metrics["synth_heldout"]}
     info = DistInfo(device=torch.device("cpu"))
     trivial = evaluate(AllTamperedPredictor(), build_eval_loader(str(test_json), cfg, info, size=size),
