@@ -41,6 +41,7 @@ from __future__ import annotations
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 
@@ -97,3 +98,18 @@ class ForgeryModel(nn.Module):
     def native_size(self, default: int = 512) -> int:
         """The square side to resize inputs to when the model does not impose one."""
         return self.input_size or default
+
+    @staticmethod
+    def sigmoid_bce_output(logits: torch.Tensor, batch: dict[str, Any], **extra: Any) -> dict[str, Any]:
+        """The output dict of a one-channel sigmoid head trained with plain BCE-with-logits (mean).
+
+        ``pred_mask = sigmoid(logits)``; when the batch carries a mask, ``loss`` and
+        ``loss_terms["bce"]`` are added. ``extra`` entries (e.g. ``features``) are passed through.
+        """
+        out: dict[str, Any] = {"pred_mask": torch.sigmoid(logits), "logits": logits, **extra}
+        mask = batch.get("mask")
+        if mask is not None:
+            bce = F.binary_cross_entropy_with_logits(logits, mask.to(logits.dtype))
+            out["loss"] = bce
+            out["loss_terms"] = {"bce": bce}
+        return out

@@ -50,7 +50,10 @@ class SRMStem(nn.Module):
 
     def forward(self, image: torch.Tensor) -> torch.Tensor:
         grey = image.mean(dim=1, keepdim=True)
-        return F.conv2d(grey, self.kernels.to(grey.dtype), padding=2)
+        # Reflect, not zero, padding: a zero border would put a huge artificial residual along
+        # the image edge, which the network learns as a position cue.
+        grey = F.pad(grey, (2, 2, 2, 2), mode="reflect")
+        return F.conv2d(grey, self.kernels.to(grey.dtype))
 
 
 def _conv_block(cin: int, cout: int) -> nn.Sequential:

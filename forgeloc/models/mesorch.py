@@ -684,13 +684,7 @@ class Mesorch(ForgeryModel):
         stack = torch.cat([self._scale_logits(s, k, feats[s]) for k, s in enumerate(self.scales)], dim=1)
         low_res = self._mix(stack, inter)
         logits = F.interpolate(low_res, size=image.shape[-2:], mode="bilinear", align_corners=True).float()
-        out: dict[str, Any] = {"pred_mask": torch.sigmoid(logits), "logits": logits, "features": feats["s3"]}
-        mask = batch.get("mask")
-        if mask is not None:
-            loss = F.binary_cross_entropy_with_logits(logits, mask.to(logits.dtype))
-            out["loss"] = loss
-            out["loss_terms"] = {"bce": loss}
-        return out
+        return self.sigmoid_bce_output(logits, batch, features=feats["s3"])
 
 
 # --------------------------------------------------------------------------------------------------

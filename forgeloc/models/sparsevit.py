@@ -513,13 +513,7 @@ class SparseViT(ForgeryModel):
         feats = self.encoder_net(image)
         lmu_logits, fused = self.lmu(list(feats.values()))
         logits = F.interpolate(lmu_logits, size=image.shape[-2:], mode="bilinear", align_corners=False)
-        out: dict[str, Any] = {"pred_mask": torch.sigmoid(logits), "logits": logits, "features": fused}
-        mask = batch.get("mask")
-        if mask is not None:
-            bce = F.binary_cross_entropy_with_logits(logits, mask.to(logits.dtype))
-            out["loss"] = bce
-            out["loss_terms"] = {"bce": bce}
-        return out
+        return self.sigmoid_bce_output(logits, batch, features=fused)
 
 
 @torch.no_grad()
