@@ -5,6 +5,7 @@ SIGKILL in the middle of an epoch followed by ``--resume``, torchrun DDP on the 
 from __future__ import annotations
 
 import json
+import math
 import os
 import signal
 import socket
@@ -156,3 +157,17 @@ def test_auxiliary_loss_run_saves_inference_weights_and_resumes(tmp_path: Path, 
     assert meta["model"] == "unet_baseline_tiny" and not any(k.startswith("aux.") for k in model.state_dict())
     second = train(load_config(cfg_path, overrides), resume=tmp_path / "run", device="cpu")
     assert [r["epoch"] for r in second.history if r["type"] == "train"] == [0, 1]
+
+
+def test_bf16_autocast_and_grad_clipping_train_on_cpu(tmp_path: Path, synth_data) -> None:
+    from forgeloc.engine.config import load_config
+    from forgeloc.engine.trainer import train
+
+    cfg = load_config(_config(tmp_path, synth_data, epochs=1, deterministic=False, max_steps_per_epoch=3,
+                              amp="bf16", output_dir=str(tmp_path / "bf16")), ["optim.grad_clip=1.0"])
+    result = train(cfg, device="cpu")
+    record = result.history[0]
+    assert record["type"] == "train" and math.isfinite(record["train_loss"])
+    assert result.final_metrics["heldout"]["n_images"] == 7
+    with pytest.raises(ValueError, match="fp16 needs a CUDA device"):
+        train(load_config(_config(tmp_path, synth_data, amp="fp16")), device="cpu")
