@@ -61,12 +61,15 @@ def _weights(run: Path) -> dict[str, torch.Tensor]:
 
 def test_sigkill_mid_epoch_then_resume_gives_bit_identical_weights(tmp_path: Path, synth_data) -> None:
     cfg = _config(tmp_path, synth_data)
-    full = _train(["-c", str(cfg), f"train.output_dir={tmp_path / 'full'}"])
+    # 32 steps per epoch (each sample drawn 4 times): long enough that the kill below lands inside
+    # the second epoch even on a fast machine.
+    longer = "data.samples_per_dataset=128"
+    full = _train(["-c", str(cfg), longer, f"train.output_dir={tmp_path / 'full'}"])
     assert full.returncode == 0, full.stderr[-3000:]
 
     run = tmp_path / "killed"
     proc = subprocess.Popen(
-        [sys.executable, "-m", "forgeloc", "train", "-c", str(cfg), f"train.output_dir={run}"],
+        [sys.executable, "-m", "forgeloc", "train", "-c", str(cfg), longer, f"train.output_dir={run}"],
         env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
     )
     first = run / "checkpoints" / "epoch_0000" / "train_state.pt"

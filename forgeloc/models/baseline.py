@@ -91,6 +91,9 @@ class UNetBaseline(ForgeryModel):
         self.size_divisor = 2 ** (len(widths) - 1)
         self.dice_weight = float(dice_weight)
         self.srm = SRMStem() if srm else None
+        # Residuals are ~1/100 of the normalised RGB values; without rescaling the first
+        # convolution all but ignores them, and they carry the noise traces this model relies on.
+        self.srm_norm = nn.BatchNorm2d(3) if srm else None
         cin = 6 if srm else 3
         self.down = nn.ModuleList()
         for w in widths:
@@ -106,7 +109,7 @@ class UNetBaseline(ForgeryModel):
     def forward(self, batch: dict[str, Any]) -> dict[str, Any]:
         image = self.require_image(batch)
         self.check_input_size(image)
-        x = torch.cat([image, self.srm(image)], dim=1) if self.srm is not None else image
+        x = torch.cat([image, self.srm_norm(self.srm(image))], dim=1) if self.srm is not None else image
         skips = []
         for i, block in enumerate(self.down):
             if i:
