@@ -4,7 +4,8 @@ Every model is measured in a fresh subprocess, so that memory figures are not po
 another model and the "first call" latency is what a person waiting for one prediction sees.
 
 Memory:
-* CPU: resident set size. ``weights_rss`` is the RSS after the model is built and loaded;
+* CPU: resident set size. ``weights_rss`` is the RSS after the model is built and loaded (and
+  freed heap pages are handed back to the OS);
   ``peak_rss`` is the high-water mark while running (reset with ``/proc/self/clear_refs`` after
   loading); ``activation_rss = peak_rss − weights_rss`` is what inference itself costs.
 * CUDA: ``torch.cuda.max_memory_allocated`` after ``reset_peak_memory_stats``, minus the memory
@@ -21,6 +22,7 @@ import statistics
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -83,12 +85,65 @@ def _rss_bytes(field: str = "VmRSS") -> int:
     return 0
 
 
+def _release_free_heap() -> None:
+    """Hand freed heap pages back to the OS (glibc), so that memory freed after loading the
+    weights (a temporary state dict, say) is not silently reused by the activations."""
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
+
+
 def _reset_peak_rss() -> None:
     try:
         with open("/proc/self/clear_refs", "w") as fh:
             fh.write("5")
     except OSError:
         pass
+
+
+def time_and_memory(
+    step: Callable[[], None], device: torch.device, *, batch: int, warmup: int = 3, repeats: int = 10
+) -> dict[str, Any]:
+    """Time ``step`` (first call, then ``repeats`` calls after ``warmup``) and its peak memory.
+
+    Call it right after the model is built and loaded: the memory already held then counts as
+    the weights, and only what ``step`` adds above it counts as activations.
+    """
+    result: dict[str, Any] = {}
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+        weights_mem = torch.cuda.memory_allocated()
+        torch.cuda.reset_peak_memory_stats()
+    else:
+        _release_free_heap()
+        weights_mem = _rss_bytes()
+        _reset_peak_rss()
+    t0 = time.perf_counter()
+    step()
+    result["first_call_s"] = round(time.perf_counter() - t0, 4)
+    for _ in range(max(warmup - 1, 0)):
+        step()
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        step()
+        times.append(time.perf_counter() - t0)
+    if device.type == "cuda":
+        peak = torch.cuda.max_memory_allocated()
+        result.update(weights_mem_mb=round(weights_mem / 2**20, 1), peak_mem_mb=round(peak / 2**20, 1),
+                      activation_mem_mb=round((peak - weights_mem) / 2**20, 1), memory_kind="cuda max_allocated")
+    else:
+        peak = max(_rss_bytes("VmHWM"), weights_mem)
+        result.update(weights_mem_mb=round(weights_mem / 2**20, 1), peak_mem_mb=round(peak / 2**20, 1),
+                      activation_mem_mb=round((peak - weights_mem) / 2**20, 1), memory_kind="process RSS")
+    result.update(
+        median_s=round(statistics.median(times), 4), min_s=round(min(times), 4),
+        images_per_s=round(batch / statistics.median(times), 3), repeats=repeats, warmup=warmup,
+    )
+    return result
 
 
 def measure(
@@ -149,35 +204,7 @@ def measure(
         if dev.type == "cuda":
             torch.cuda.synchronize()
 
-    if dev.type == "cuda":
-        torch.cuda.synchronize()
-        weights_mem = torch.cuda.memory_allocated()
-        torch.cuda.reset_peak_memory_stats()
-    else:
-        weights_mem = _rss_bytes()
-        _reset_peak_rss()
-    t0 = time.perf_counter()
-    step()
-    result["first_call_s"] = round(time.perf_counter() - t0, 4)
-    for _ in range(max(warmup - 1, 0)):
-        step()
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        step()
-        times.append(time.perf_counter() - t0)
-    if dev.type == "cuda":
-        peak = torch.cuda.max_memory_allocated()
-        result.update(weights_mem_mb=round(weights_mem / 2**20, 1), peak_mem_mb=round(peak / 2**20, 1),
-                      activation_mem_mb=round((peak - weights_mem) / 2**20, 1), memory_kind="cuda max_allocated")
-    else:
-        peak = max(_rss_bytes("VmHWM"), weights_mem)
-        result.update(weights_mem_mb=round(weights_mem / 2**20, 1), peak_mem_mb=round(peak / 2**20, 1),
-                      activation_mem_mb=round((peak - weights_mem) / 2**20, 1), memory_kind="process RSS")
-    result.update(
-        median_s=round(statistics.median(times), 4), min_s=round(min(times), 4),
-        images_per_s=round(batch / statistics.median(times), 3), repeats=repeats, warmup=warmup,
-    )
+    result.update(time_and_memory(step, dev, batch=batch, warmup=warmup, repeats=repeats))
     if name in REFERENCE:
         result["reference"] = REFERENCE[name]
     return result
