@@ -69,6 +69,17 @@ class EdgeArtefactModel(ForgeryModel):
         return {"pred_mask": out}
 
 
+class BorderBandModel(ForgeryModel):
+    """Predicts 0 on a 5-pixel band along its input's edges and 1 inside: a model that has learned
+    that photo borders are never tampered (as the quickstart baseline does)."""
+
+    def forward(self, batch):
+        image = self.require_image(batch)
+        out = torch.zeros_like(image[:, :1])
+        out[:, :, 5:-5, 5:-5] = 1
+        return {"pred_mask": out}
+
+
 def pixel_reference(model: PixelModel, image: np.ndarray) -> np.ndarray:
     """The pixel model run once on the whole image: what tiling must reproduce."""
     with torch.no_grad():
@@ -150,7 +161,7 @@ def test_tiled_equals_full_image_for_a_per_pixel_model(h, w, fixed):
     assert result.mode == "tile"
     assert all(shape[-2:] == (32, 32) for shape in model.calls)  # only native-size windows reach the model
     assert max(shape[0] for shape in model.calls) <= 3  # windows batched by batch_size
-    assert result.windows == len(tiling.window_grid(max(h, 32), max(w, 32), 32, 0.25))
+    assert result.windows == len(tiling.window_grid(max(h, 32), max(w, 32), 32, predictor.tile_overlap))
     assert result.score == pytest.approx(float(expected.max()), abs=2e-6)
 
 
@@ -178,6 +189,16 @@ def test_blending_hides_window_borders():
     assert heat[0, 100] == pytest.approx(1.0)
 
 
+def test_default_overlap_hides_a_models_border_band():
+    """With half-window overlap every pixel is a quarter window inside some window, and that window
+    dominates the blend: no dark grid where windows meet. A quarter-window overlap leaves one."""
+    image = _image(200, 200)
+    default = Predictor(BorderBandModel(), input_size=32).predict(image, mode="tile").heatmap[8:-8, 8:-8]
+    quarter = Predictor(BorderBandModel(), input_size=32, tile_overlap=0.25).predict(image, mode="tile").heatmap
+    assert default.min() > 0.5, default.min()
+    assert quarter[8:-8, 8:-8].min() < 0.05
+
+
 def test_big_jpeg_tiled_full_resolution_bounded_memory():
     """3488×2616: heatmap at the photo's own size, numpy memory ≈ photo + heatmap + a few windows."""
     path = shared_path(*BIG_JPEG)
@@ -191,7 +212,7 @@ def test_big_jpeg_tiled_full_resolution_bounded_memory():
         tracemalloc.stop()
     assert result.mode == "tile"  # auto: 3488 > 2 × 512
     assert result.heatmap.shape == (2616, 3488) == result.image.shape[:2]
-    assert result.windows == 9 * 7
+    assert result.windows == 13 * 10  # half-window overlap: stride 256
     assert max(shape[0] for shape in model.calls) == 4
     photo, heat = 2616 * 3488 * 3, 2616 * 3488 * 4
     # A float32 copy of the normalised photo alone would add 109 MB; we stay far below that.
@@ -271,8 +292,8 @@ def test_predict_batch_batches_and_keeps_order(tiny_checkpoint):
     batch = predictor.predict_batch(images, batch_size=3)
     assert [r.heatmap.shape for r in batch] == [im.shape[:2] for im in images]
     assert [r.mode for r in batch] == ["resize"] * 5 + ["tile"]
-    # 5 resized images in 2 passes (3 + 2; the tiled one is the sixth); 300×80: 6 × 2 windows in 4 passes of 3.
-    assert calls == [3, 2, 3, 3, 3, 3] and batch[-1].windows == 12
+    # 5 resized images in 2 passes (3 + 2; the tiled one is the sixth); 300×80: 9 × 2 windows in 6 passes of 3.
+    assert calls == [3, 2] + [3] * 6 and batch[-1].windows == 18
     for image, result in zip(images, batch, strict=True):
         single = predictor.predict(image)
         np.testing.assert_allclose(result.heatmap, single.heatmap, atol=1e-5)

@@ -14,7 +14,7 @@ fixed ``input_size``, else the size recorded in the checkpoint, else 512):
 
 * ``mode="resize"``: resize to ``S × S`` with ``cv2.INTER_LINEAR`` (exactly what training and
   ``forgeloc test`` do), predict, resize the prediction back to the image's size (bilinear);
-* ``mode="tile"``: slide ``S × S`` windows over the image at full resolution with 25 % overlap and
+* ``mode="tile"``: slide ``S × S`` windows over the image at full resolution with 50 % overlap and
   blend them (:mod:`forgeloc.inference.tiling`);
 * ``mode="auto"`` (default): ``tile`` when the image's longer side exceeds ``2 × S`` (resizing
   would shrink it more than twofold and wipe out fine traces) or when the checkpoint was trained
@@ -274,7 +274,7 @@ class Predictor:
         image_score: str = "max",
         device: str | torch.device | None = None,
         amp: str | None = None,
-        tile_overlap: float = 0.25,
+        tile_overlap: float = 0.5,
         max_pixels: int = DEFAULT_MAX_PIXELS,
         info: dict[str, Any] | None = None,
     ) -> None:
@@ -319,7 +319,7 @@ class Predictor:
         input_size: int | None = None,
         device: str | torch.device | None = None,
         amp: str | None = None,
-        tile_overlap: float = 0.25,
+        tile_overlap: float = 0.5,
         max_pixels: int = DEFAULT_MAX_PIXELS,
         **model_kwargs: Any,
     ) -> Predictor:
