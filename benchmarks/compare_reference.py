@@ -164,7 +164,8 @@ def worker_time(impl: str, model: str, weights: str, mesorch_repo: str | None, o
 
     torch.set_num_threads(options["threads"])
     net = _load(impl, model, weights, mesorch_repo)
-    train, amp = options["train"], options["amp"] if impl == "forgeloc" else "none"
+    train = options["train"]
+    amp = options["amp"] if impl == "forgeloc" else "none"  # the reference always runs fp32
     net.train(train)
     build_s = time.perf_counter() - t0
     image, mask = _inputs(512)

@@ -123,8 +123,9 @@ def predict(
     report: bool = typer.Option(False, "--report", help="Also write OUT/report.html (self-contained)."),
     recursive: bool = typer.Option(False, "--recursive", "-r", help="Descend into sub-folders of folder inputs."),
     max_pixels: int | None = typer.Option(None, help="Refuse images with more pixels (default: Pillow's limit)."),
-    tile_overlap: float = typer.Option(
-        0.5, min=0.0, max=0.95, help="Share of a window shared by neighbouring tiles (tile mode); 0.25 is ~2x faster."
+    tile_overlap: float | None = typer.Option(
+        None, min=0.0, max=0.95,
+        help="Share of a window shared by neighbouring tiles (tile mode; default half); 0.25 is ~2x faster.",
     ),
 ) -> None:
     """Predict tamper heatmaps for images: writes <stem>_heatmap.png, <stem>_overlay.png,
@@ -150,7 +151,8 @@ def predict(
     try:
         predictor = Predictor.from_checkpoint(
             checkpoint, model=model, threshold=threshold, device=device, amp=None if amp == "none" else amp,
-            max_pixels=max_pixels or DEFAULT_MAX_PIXELS, tile_overlap=tile_overlap,
+            max_pixels=max_pixels or DEFAULT_MAX_PIXELS,
+            **({} if tile_overlap is None else {"tile_overlap": tile_overlap}),
         )
     except (CheckpointError, FileNotFoundError, ValueError) as err:
         fail(str(err))

@@ -132,13 +132,11 @@ def time_and_memory(
         step()
         times.append(time.perf_counter() - t0)
     if device.type == "cuda":
-        peak = torch.cuda.max_memory_allocated()
-        result.update(weights_mem_mb=round(weights_mem / 2**20, 1), peak_mem_mb=round(peak / 2**20, 1),
-                      activation_mem_mb=round((peak - weights_mem) / 2**20, 1), memory_kind="cuda max_allocated")
+        peak, kind = torch.cuda.max_memory_allocated(), "cuda max_allocated"
     else:
-        peak = max(_rss_bytes("VmHWM"), weights_mem)
-        result.update(weights_mem_mb=round(weights_mem / 2**20, 1), peak_mem_mb=round(peak / 2**20, 1),
-                      activation_mem_mb=round((peak - weights_mem) / 2**20, 1), memory_kind="process RSS")
+        peak, kind = max(_rss_bytes("VmHWM"), weights_mem), "process RSS"
+    result.update(weights_mem_mb=round(weights_mem / 2**20, 1), peak_mem_mb=round(peak / 2**20, 1),
+                  activation_mem_mb=round((peak - weights_mem) / 2**20, 1), memory_kind=kind)
     result.update(
         median_s=round(statistics.median(times), 4), min_s=round(min(times), 4),
         images_per_s=round(batch / statistics.median(times), 3), repeats=repeats, warmup=warmup,

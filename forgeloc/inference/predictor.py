@@ -274,7 +274,7 @@ class Predictor:
         image_score: str = "max",
         device: str | torch.device | None = None,
         amp: str | None = None,
-        tile_overlap: float = 0.5,
+        tile_overlap: float = tiling.DEFAULT_OVERLAP,
         max_pixels: int = DEFAULT_MAX_PIXELS,
         info: dict[str, Any] | None = None,
     ) -> None:
@@ -319,7 +319,7 @@ class Predictor:
         input_size: int | None = None,
         device: str | torch.device | None = None,
         amp: str | None = None,
-        tile_overlap: float = 0.5,
+        tile_overlap: float = tiling.DEFAULT_OVERLAP,
         max_pixels: int = DEFAULT_MAX_PIXELS,
         **model_kwargs: Any,
     ) -> Predictor:

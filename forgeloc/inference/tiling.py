@@ -33,10 +33,14 @@ from collections.abc import Callable, Iterator
 import cv2
 import numpy as np
 
-__all__ = ["blend_weights", "pad_to_window", "tile_predict", "window_grid", "window_starts"]
+__all__ = ["DEFAULT_OVERLAP", "blend_weights", "pad_to_window", "tile_predict", "window_grid", "window_starts"]
 
 #: ``(batch of windows N×S×S×3 uint8) → (N×S×S float32 probabilities, N image scores or None)``
 WindowFn = Callable[[np.ndarray], tuple[np.ndarray, np.ndarray | None]]
+
+
+# Half a window: see the module docstring for why not less.
+DEFAULT_OVERLAP = 0.5
 
 
 def window_starts(length: int, window: int, stride: int) -> list[int]:
@@ -56,7 +60,7 @@ def window_starts(length: int, window: int, stride: int) -> list[int]:
     return sorted(set(starts))
 
 
-def window_grid(height: int, width: int, window: int, overlap: float = 0.5) -> list[tuple[int, int]]:
+def window_grid(height: int, width: int, window: int, overlap: float = DEFAULT_OVERLAP) -> list[tuple[int, int]]:
     """``(y, x)`` origins of all windows for an image (row-major), with ``overlap`` in [0, 1)."""
     stride = _stride(window, overlap)
     return [(y, x) for y in window_starts(height, window, stride) for x in window_starts(width, window, stride)]
@@ -104,7 +108,7 @@ def tile_predict(
     predict_windows: WindowFn,
     window: int,
     *,
-    overlap: float = 0.5,
+    overlap: float = DEFAULT_OVERLAP,
     batch_size: int = 4,
     padding: str = "reflect",
 ) -> tuple[np.ndarray, float | None, int]:
