@@ -45,7 +45,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from forgeloc.models.base import ForgeryModel
-from forgeloc.models.layers import DropPath, LayerNorm2d, MixFFN
+from forgeloc.models.layers import DropPath, LayerNorm2d, Linear, MixFFN
 from forgeloc.models.registry import register_model
 
 logger = logging.getLogger(__name__)
@@ -181,9 +181,9 @@ class ConvMlp(nn.Module):
 
     def __init__(self, dim: int, hidden: int) -> None:
         super().__init__()
-        self.fc1 = nn.Linear(dim, hidden)
+        self.fc1 = Linear(dim, hidden)
         self.act = nn.GELU()
-        self.fc2 = nn.Linear(hidden, dim)
+        self.fc2 = Linear(hidden, dim)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.fc2(self.act(self.fc1(x)))
@@ -309,10 +309,10 @@ class EfficientSelfAttention(nn.Module):
         if dim % num_heads:
             raise ValueError(f"dim {dim} is not divisible by num_heads {num_heads}")
         self.num_heads = num_heads
-        self.q = nn.Linear(dim, dim)
-        self.kv = nn.Linear(dim, 2 * dim)
+        self.q = Linear(dim, dim)
+        self.kv = Linear(dim, 2 * dim)
         self.attn_drop = attn_drop
-        self.proj = nn.Linear(dim, dim)
+        self.proj = Linear(dim, dim)
         self.proj_drop = nn.Dropout(proj_drop)
         self.sr_ratio = sr_ratio
         if sr_ratio > 1:

@@ -37,7 +37,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from forgeloc.models.base import ForgeryModel
-from forgeloc.models.layers import DropPath, MixFFN
+from forgeloc.models.layers import DropPath, Linear, MixFFN
 from forgeloc.models.registry import register_model
 
 __all__ = [
@@ -179,8 +179,8 @@ class SparseAttention(nn.Module):
         self.head_dim = dim // num_heads
         self.scale = self.head_dim**-0.5
         self.attn_drop = attn_drop
-        self.qkv = nn.Linear(dim, dim * 3, bias=qkv_bias)
-        self.proj = nn.Linear(dim, dim)
+        self.qkv = Linear(dim, dim * 3, bias=qkv_bias)
+        self.proj = Linear(dim, dim)
         self.proj_drop = nn.Dropout(proj_drop)
 
     def forward(self, x: torch.Tensor, sparse_size: int) -> torch.Tensor:
