@@ -18,8 +18,36 @@ if _CPU_LINEAR_BACKEND not in ("onednn", "blas"):
     raise ValueError(f"FORGELOC_CPU_LINEAR must be 'onednn' or 'blas', got {_CPU_LINEAR_BACKEND!r}")
 
 
-def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
-    """``F.linear(x, weight, bias)``; on CPU in float32 computed by oneDNN as a 1x1 convolution.
+def _autocast_on_cpu() -> bool:
+    try:
+        return torch.is_autocast_enabled("cpu")
+    except TypeError:  # torch < 2.4
+        return torch.is_autocast_cpu_enabled()
+
+
+def _onednn_float32(x: torch.Tensor) -> bool:
+    """Whether ``x`` is a float32 CPU tensor that oneDNN can take (and tracing is not on)."""
+    return (
+        _CPU_LINEAR_BACKEND == "onednn"
+        and x.device.type == "cpu"
+        and x.dtype == torch.float32
+        and not torch.jit.is_tracing()
+        and torch.backends.mkldnn.is_available()
+        and torch.backends.mkldnn.enabled
+    )
+
+
+def _fused_inference(x: torch.Tensor, *params: torch.Tensor | None) -> bool:
+    """Whether oneDNN's fused ``conv + activation`` op may run: it has no autograd and no autocast."""
+    if not _onednn_float32(x) or _autocast_on_cpu():
+        return False
+    if not torch.is_grad_enabled():
+        return True
+    return not (x.requires_grad or any(p is not None and p.requires_grad for p in params))
+
+
+def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None, gelu: bool = False) -> torch.Tensor:
+    """``F.linear(x, weight, bias)`` (then exact GELU if ``gelu``); on CPU in float32 run by oneDNN.
 
     PyTorch sends CPU ``linear``/``matmul`` to its BLAS (MKL in the official wheels) and
     convolutions to oneDNN. MKL picks its kernels by CPU vendor: on AMD processors it runs an AVX2
@@ -28,22 +56,33 @@ def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = No
     convolution over the tokens laid out as a (1, K, 1, M) channels-last image *is* that GEMM, with
     autograd and autocast like any convolution. Same float32 arithmetic, another summation order:
     results differ from ``F.linear`` by rounding only (~1e-7 relative). Under tracing (fvcore's
-    FLOP counter) it stays ``F.linear`` so that the count is filed under "linear".
+    FLOP counter) it stays ``F.linear`` so that the count is filed under "linear". With ``gelu``,
+    inference fuses the activation into the GEMM (see :func:`conv2d_gelu`).
     """
-    if (
-        _CPU_LINEAR_BACKEND == "blas"
-        or torch.jit.is_tracing()
-        or x.device.type != "cpu"
-        or x.dtype != torch.float32
-        or x.ndim < 2
-        or not torch.backends.mkldnn.is_available()
-        or not torch.backends.mkldnn.enabled
-    ):
-        return F.linear(x, weight, bias)
+    if not _onednn_float32(x) or x.ndim < 2:
+        out = F.linear(x, weight, bias)
+        return F.gelu(out) if gelu else out
     lead, k = x.shape[:-1], x.shape[-1]
     tokens = x.reshape(1, 1, -1, k).permute(0, 3, 1, 2)  # (1, K, 1, M), channels-last strides
-    out = F.conv2d(tokens, weight.view(*weight.shape, 1, 1), bias)
+    weight = weight.view(*weight.shape, 1, 1)
+    out = conv2d_gelu(tokens, weight, bias) if gelu else F.conv2d(tokens, weight, bias)
     return out.permute(0, 2, 3, 1).reshape(*lead, weight.shape[0])
+
+
+def conv2d_gelu(
+    x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, padding: int = 0, groups: int = 1
+) -> torch.Tensor:
+    """``F.gelu(F.conv2d(x, weight, bias, padding=padding, groups=groups))`` (stride 1, exact GELU).
+
+    At inference on CPU (float32, no autograd, no autocast) oneDNN applies the erf GELU as a
+    post-op of the convolution: one pass over the output instead of two, and no second buffer of
+    the widest activation in the block (an MLP's hidden layer). oneDNN's erf differs from ATen's
+    by float32 rounding (~1e-6 absolute).
+    """
+    if _fused_inference(x, weight, bias):
+        pad = [padding, padding]
+        return torch.ops.mkldnn._convolution_pointwise(x, weight, bias, pad, [1, 1], [1, 1], groups, "gelu", [], "none")
+    return F.gelu(F.conv2d(x, weight, bias, padding=padding, groups=groups))
 
 
 class Linear(nn.Linear):
@@ -51,6 +90,16 @@ class Linear(nn.Linear):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return linear(x, self.weight, self.bias)
+
+
+# Inference splits per-token (or per-row) work so that no intermediate exceeds about this many
+# elements (8 MB in float32): the same numbers, a smaller peak of resident memory.
+INFERENCE_CHUNK_ELEMENTS = 1 << 21
+
+
+def inference_chunk(width: int) -> int:
+    """How many rows of ``width`` elements one inference chunk holds (at least one)."""
+    return max(1, INFERENCE_CHUNK_ELEMENTS // width)
 
 
 def drop_path(x: torch.Tensor, drop_prob: float, training: bool) -> torch.Tensor:
@@ -93,10 +142,12 @@ class DWConv(nn.Module):
         super().__init__()
         self.dwconv = nn.Conv2d(dim, dim, 3, 1, 1, bias=True, groups=dim)
 
-    def forward(self, x: torch.Tensor, H: int, W: int) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, H: int, W: int, gelu: bool = False) -> torch.Tensor:
         B, _, C = x.shape
-        x = x.transpose(1, 2).reshape(B, C, H, W)
-        return self.dwconv(x).flatten(2).transpose(1, 2)
+        x = x.transpose(1, 2).reshape(B, C, H, W)  # a view: the tokens are the grid in channels-last
+        conv = self.dwconv
+        x = conv2d_gelu(x, conv.weight, conv.bias, padding=1, groups=C) if gelu else conv(x)
+        return x.flatten(2).transpose(1, 2)
 
 
 class MixFFN(nn.Module):
@@ -115,6 +166,30 @@ class MixFFN(nn.Module):
         self.drop = nn.Dropout(drop)
 
     def forward(self, x: torch.Tensor, H: int, W: int) -> torch.Tensor:
-        x = self.act(self.dwconv(self.fc1(x), H, W))
+        if not torch.is_grad_enabled() and x.shape[0] * x.shape[1] * self.fc1.out_features > INFERENCE_CHUNK_ELEMENTS:
+            return self._forward_bands(x, H, W)
+        # the GELU (``act``, exact) runs inside the depthwise conv: conv2d_gelu
+        x = self.dwconv(self.fc1(x), H, W, gelu=True)
         x = self.drop(x)
         return self.drop(self.fc2(x))
+
+    def _forward_bands(self, x: torch.Tensor, H: int, W: int) -> torch.Tensor:
+        """The same function, computed in horizontal bands of the grid (inference).
+
+        Each band runs fc1 on its rows plus one halo row above and below (what the 3x3 depthwise
+        conv needs; zero padding still applies at the image border), so the widest activation
+        (the hidden layer, 4x the tokens) exists for one band at a time.
+        """
+        B, N, C = x.shape
+        hidden = self.fc1.out_features
+        grid = x.view(B, H, W, C)
+        out = x.new_empty(B, H, W, self.fc2.out_features)
+        rows = inference_chunk(B * W * hidden)
+        conv = self.dwconv.dwconv
+        for r0 in range(0, H, rows):
+            r1 = min(H, r0 + rows)
+            a, b = max(0, r0 - 1), min(H, r1 + 1)
+            h = self.fc1(grid[:, a:b]).permute(0, 3, 1, 2)  # (B, hidden, b - a, W), channels-last
+            h = conv2d_gelu(h, conv.weight, conv.bias, padding=1, groups=hidden)[:, :, r0 - a : r1 - a]
+            out[:, r0:r1] = self.drop(self.fc2(self.drop(h.permute(0, 2, 3, 1))))
+        return out.view(B, N, -1)

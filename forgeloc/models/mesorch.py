@@ -45,7 +45,15 @@ import torch.nn.functional as F
 from torch import nn
 
 from forgeloc.models.base import ForgeryModel
-from forgeloc.models.layers import DropPath, LayerNorm2d, Linear, MixFFN
+from forgeloc.models.layers import (
+    DropPath,
+    LayerNorm2d,
+    Linear,
+    MixFFN,
+    conv2d_gelu,
+    inference_chunk,
+    linear,
+)
 from forgeloc.models.registry import register_model
 
 logger = logging.getLogger(__name__)
@@ -186,7 +194,8 @@ class ConvMlp(nn.Module):
         self.fc2 = Linear(hidden, dim)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.fc2(self.act(self.fc1(x)))
+        # ``act`` (exact GELU) is fused into fc1 where oneDNN allows it (layers.conv2d_gelu)
+        return self.fc2(linear(x, self.fc1.weight, self.fc1.bias, gelu=True))
 
 
 class ConvNeXtBlock(nn.Module):
@@ -202,9 +211,21 @@ class ConvNeXtBlock(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         y = self.conv_dw(x).permute(0, 2, 3, 1)
+        if not torch.is_grad_enabled() and not self.training:
+            return self._forward_inplace(x, y)
         # Layer scale in channels-last, before permuting back: one broadcast over the last axis.
         y = self.mlp(self.norm(y)) * self.gamma
         return x + self.drop_path(y.permute(0, 3, 1, 2))
+
+    def _forward_inplace(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """Inference: the per-token LayerNorm → MLP → scale runs on chunks of tokens, written over
+        the depthwise conv's output, which then takes the residual; the 4x-wide hidden layer exists
+        for one chunk at a time. The same numbers as :meth:`forward`."""
+        tokens = y.reshape(-1, y.shape[-1])  # y is NHWC-contiguous (conv_dw keeps channels-last)
+        step = inference_chunk(self.mlp.fc1.out_features)
+        for chunk in tokens.split(step):
+            chunk.copy_(self.mlp(self.norm(chunk)).mul_(self.gamma))
+        return tokens.view_as(y).add_(x.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
 
 
 class ConvNeXtStage(nn.Module):
@@ -495,8 +516,8 @@ class ScoreNetwork(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.conv1(x)
         weight, bias = self.folded_conv()
-        y = F.conv2d(self.invert[0](x), weight.to(x.dtype), bias.to(x.dtype), padding=1)
-        x = x + self.invert[4](y)
+        # invert[4] (exact GELU) is fused into the folded conv where oneDNN allows it
+        x = x + conv2d_gelu(self.invert[0](x), weight.to(x.dtype), bias.to(x.dtype), padding=1)
         return self.conv2(x).float().softmax(dim=1)
 
 

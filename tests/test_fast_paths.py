@@ -1,0 +1,86 @@
+"""The CPU fast paths (oneDNN GEMMs, fused GELU, chunked inference) compute the same functions."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from forgeloc import create_model
+from forgeloc.models import layers
+from forgeloc.models.layers import MixFFN, conv2d_gelu, linear
+
+
+@pytest.mark.parametrize("shape", [(7, 24), (2, 5, 24), (1, 3, 4, 24)])
+@pytest.mark.parametrize("gelu", [False, True])
+def test_linear_equals_f_linear_values_and_gradients(shape, gelu):
+    torch.manual_seed(0)
+    x = torch.randn(shape, requires_grad=True)
+    w = torch.randn(40, 24, requires_grad=True)
+    b = torch.randn(40, requires_grad=True)
+    ours = linear(x, w, b, gelu=gelu)
+    ref_in = [t.detach().clone().requires_grad_() for t in (x, w, b)]
+    ref = F.linear(*ref_in)
+    ref = F.gelu(ref) if gelu else ref
+    assert ours.shape == ref.shape
+    torch.testing.assert_close(ours, ref, atol=1e-5, rtol=1e-5)
+    grad = torch.randn_like(ref)
+    ours.backward(grad)
+    ref.backward(grad)
+    for a, r in zip((x, w, b), ref_in, strict=True):
+        torch.testing.assert_close(a.grad, r.grad, atol=1e-4, rtol=1e-5)
+    with torch.no_grad():  # the fused inference kernel
+        torch.testing.assert_close(linear(x, w, b, gelu=gelu), ref.detach(), atol=1e-5, rtol=1e-5)
+
+
+def test_linear_takes_non_contiguous_input_and_no_bias():
+    x = torch.randn(6, 24).t()  # (24, 6), strided
+    w = torch.randn(5, 6)
+    torch.testing.assert_close(linear(x, w), F.linear(x, w), atol=1e-5, rtol=1e-5)
+
+
+def test_blas_backend_is_f_linear(monkeypatch):
+    monkeypatch.setattr(layers, "_CPU_LINEAR_BACKEND", "blas")
+    x, w, b = torch.randn(9, 16), torch.randn(8, 16), torch.randn(8)
+    assert torch.equal(linear(x, w, b), F.linear(x, w, b))
+
+
+@pytest.mark.parametrize("groups,kernel", [(1, 1), (12, 3), (1, 3)])
+def test_conv2d_gelu_fused_equals_two_ops(groups, kernel):
+    torch.manual_seed(1)
+    x = torch.randn(2, 12, 9, 11).contiguous(memory_format=torch.channels_last)
+    w = torch.randn(12, 12 // groups, kernel, kernel)
+    b = torch.randn(12)
+    ref = F.gelu(F.conv2d(x, w, b, padding=kernel // 2, groups=groups))
+    with torch.inference_mode():
+        out = conv2d_gelu(x, w, b, padding=kernel // 2, groups=groups)
+    torch.testing.assert_close(out, ref, atol=1e-5, rtol=1e-5)
+
+
+def test_mix_ffn_bands_equal_the_whole_grid(monkeypatch):
+    """Banded inference (halo rows, zero padding only at the image border) is the same function."""
+    torch.manual_seed(2)
+    ffn = MixFFN(8, 32).eval()
+    H, W = 11, 6
+    x = torch.randn(2, H * W, 8)
+    whole = ffn(x, H, W)  # grad mode: the plain path
+    monkeypatch.setattr(layers, "INFERENCE_CHUNK_ELEMENTS", 2 * W * 32 * 3)  # bands of 3 rows: 4 bands
+    with torch.no_grad():
+        banded = ffn(x, H, W)
+    torch.testing.assert_close(banded, whole.detach(), atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("name", ["mesorch_tiny", "mesorch_p_tiny", "sparsevit_tiny"])
+def test_inference_paths_equal_the_autograd_path(name, monkeypatch):
+    """A whole model under no_grad (fused, chunked, in place) gives the training graph's outputs."""
+    torch.manual_seed(3)
+    model = create_model(name).eval()
+    for p in model.parameters():  # layer scales and biases far from their 1e-6 / 0 inits
+        p.data.normal_(0, 0.2 if p.ndim > 1 else 0.5)
+    size = model.input_size
+    image = torch.randn(1, 3, size, size)
+    reference = model({"image": image})["logits"].detach()
+    monkeypatch.setattr(layers, "INFERENCE_CHUNK_ELEMENTS", 512)  # many chunks and bands
+    with torch.inference_mode():
+        fast = model({"image": image})["logits"]
+    torch.testing.assert_close(fast, reference, atol=1e-4, rtol=1e-4)
