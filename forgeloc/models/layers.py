@@ -7,13 +7,17 @@ attributes.
 from __future__ import annotations
 
 import os
+import platform
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-# ``FORGELOC_CPU_LINEAR=blas`` sends :class:`Linear` back to ``F.linear`` (PyTorch's BLAS path).
-_CPU_LINEAR_BACKEND = os.environ.get("FORGELOC_CPU_LINEAR", "onednn").strip().lower()
+# Where CPU float32 GEMMs of :func:`linear` run: oneDNN (default on x86-64) or PyTorch's BLAS
+# (``F.linear``; the default elsewhere). ``FORGELOC_CPU_LINEAR=blas|onednn`` overrides.
+_CPU_LINEAR_BACKEND = os.environ.get(
+    "FORGELOC_CPU_LINEAR", "onednn" if platform.machine().lower() in ("x86_64", "amd64") else "blas"
+).strip().lower()
 if _CPU_LINEAR_BACKEND not in ("onednn", "blas"):
     raise ValueError(f"FORGELOC_CPU_LINEAR must be 'onednn' or 'blas', got {_CPU_LINEAR_BACKEND!r}")
 
@@ -26,7 +30,12 @@ def _autocast_on_cpu() -> bool:
 
 
 def _onednn_float32(x: torch.Tensor) -> bool:
-    """Whether ``x`` is a float32 CPU tensor that oneDNN can take (and tracing is not on)."""
+    """Whether ``x`` is a float32 CPU tensor for oneDNN's float32 kernels.
+
+    Not under tracing (see :func:`linear`) nor under CPU autocast, where PyTorch already runs
+    ``F.linear`` in bf16 through oneDNN (faster than a bf16 1x1 convolution) and where the fused
+    ops, which autocast does not know, would stay in float32.
+    """
     return (
         _CPU_LINEAR_BACKEND == "onednn"
         and x.device.type == "cpu"
@@ -34,12 +43,13 @@ def _onednn_float32(x: torch.Tensor) -> bool:
         and not torch.jit.is_tracing()
         and torch.backends.mkldnn.is_available()
         and torch.backends.mkldnn.enabled
+        and not _autocast_on_cpu()
     )
 
 
 def _fused_inference(x: torch.Tensor, *params: torch.Tensor | None) -> bool:
-    """Whether oneDNN's fused ``conv + activation`` op may run: it has no autograd and no autocast."""
-    if not _onednn_float32(x) or _autocast_on_cpu():
+    """Whether oneDNN's fused ``conv + activation`` op may run (it has no autograd)."""
+    if not _onednn_float32(x):
         return False
     if not torch.is_grad_enabled():
         return True
@@ -166,7 +176,8 @@ class MixFFN(nn.Module):
         self.drop = nn.Dropout(drop)
 
     def forward(self, x: torch.Tensor, H: int, W: int) -> torch.Tensor:
-        if not torch.is_grad_enabled() and x.shape[0] * x.shape[1] * self.fc1.out_features > INFERENCE_CHUNK_ELEMENTS:
+        wide = x.shape[0] * x.shape[1] * self.fc1.out_features > INFERENCE_CHUNK_ELEMENTS
+        if wide and not torch.is_grad_enabled() and not torch.jit.is_tracing():  # FLOP counts: no halo rows
             return self._forward_bands(x, H, W)
         # the GELU (``act``, exact) runs inside the depthwise conv: conv2d_gelu
         x = self.dwconv(self.fc1(x), H, W, gelu=True)
