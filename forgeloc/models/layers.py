@@ -6,6 +6,8 @@ attributes.
 
 from __future__ import annotations
 
+import functools
+import math
 import os
 import platform
 
@@ -73,10 +75,23 @@ def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = No
         out = F.linear(x, weight, bias)
         return F.gelu(out) if gelu else out
     lead, k = x.shape[:-1], x.shape[-1]
-    tokens = x.reshape(1, 1, -1, k).permute(0, 3, 1, 2)  # (1, K, 1, M), channels-last strides
+    rows, cols = _grid(x.numel() // k)
+    # (1, K, rows, cols) with channels-last strides; a grid with both sides > 1 is unambiguously
+    # channels-last, so the backward pass keeps that layout too (with a 1-row image its gradients
+    # come back as NCHW and every layer pays a transposing copy).
+    tokens = x.reshape(1, rows, cols, k).permute(0, 3, 1, 2)
     weight = weight.view(*weight.shape, 1, 1)
     out = conv2d_gelu(tokens, weight, bias) if gelu else F.conv2d(tokens, weight, bias)
     return out.permute(0, 2, 3, 1).reshape(*lead, weight.shape[0])
+
+
+@functools.lru_cache(maxsize=256)
+def _grid(m: int) -> tuple[int, int]:
+    """``m`` tokens as a rows x cols grid, as square as the divisors of ``m`` allow."""
+    rows = math.isqrt(m)
+    while m % rows:
+        rows -= 1
+    return rows, m // rows
 
 
 def conv2d_gelu(
@@ -103,8 +118,8 @@ class Linear(nn.Linear):
 
 
 # Inference splits per-token (or per-row) work so that no intermediate exceeds about this many
-# elements (8 MB in float32): the same numbers, a smaller peak of resident memory.
-INFERENCE_CHUNK_ELEMENTS = 1 << 21
+# elements (4 MB in float32): the same numbers, a smaller peak of resident memory.
+INFERENCE_CHUNK_ELEMENTS = 1 << 20
 
 
 def inference_chunk(width: int) -> int:
@@ -145,6 +160,17 @@ class LayerNorm2d(nn.LayerNorm):
         return x.permute(0, 3, 1, 2)
 
 
+def tokens_to_grid(x: torch.Tensor, H: int, W: int) -> torch.Tensor:
+    """(B, H·W, C) tokens as a (B, C, H, W) map with channels-last strides (a view when contiguous).
+
+    Spelled ``view(B, H, W, C).permute``: the shorter ``transpose(1, 2).reshape(B, C, H, W)`` gives
+    a size-1 batch a stride that PyTorch does not recognise as channels-last, and the convolution
+    then runs (and returns its gradients) in NCHW, with transposing copies around it.
+    """
+    B, _, C = x.shape
+    return x.reshape(B, H, W, C).permute(0, 3, 1, 2)
+
+
 class DWConv(nn.Module):
     """3x3 depthwise convolution applied to a token sequence laid out on an H x W grid."""
 
@@ -153,8 +179,8 @@ class DWConv(nn.Module):
         self.dwconv = nn.Conv2d(dim, dim, 3, 1, 1, bias=True, groups=dim)
 
     def forward(self, x: torch.Tensor, H: int, W: int, gelu: bool = False) -> torch.Tensor:
-        B, _, C = x.shape
-        x = x.transpose(1, 2).reshape(B, C, H, W)  # a view: the tokens are the grid in channels-last
+        C = x.shape[-1]
+        x = tokens_to_grid(x, H, W)
         conv = self.dwconv
         x = conv2d_gelu(x, conv.weight, conv.bias, padding=1, groups=C) if gelu else conv(x)
         return x.flatten(2).transpose(1, 2)

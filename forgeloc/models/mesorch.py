@@ -53,6 +53,7 @@ from forgeloc.models.layers import (
     conv2d_gelu,
     inference_chunk,
     linear,
+    tokens_to_grid,
 )
 from forgeloc.models.registry import register_model
 
@@ -345,7 +346,7 @@ class EfficientSelfAttention(nn.Module):
         heads = self.num_heads
         q = self.q(x).view(B, N, heads, C // heads).transpose(1, 2)
         if self.sr_ratio > 1:
-            grid = x.transpose(1, 2).reshape(B, C, H, W)
+            grid = tokens_to_grid(x, H, W)
             x = self.norm(self.sr(grid).flatten(2).transpose(1, 2))
         k, v = self.kv(x).view(B, -1, 2, heads, C // heads).permute(2, 0, 3, 1, 4).unbind(0)
         drop = self.attn_drop if self.training else 0.0
