@@ -29,6 +29,7 @@ def test_cli_writes_measured_figures_for_inference_and_training(tmp_path: Path) 
         assert 0 < result["min_s"] <= result["median_s"] and result["first_call_s"] > 0
         assert result["images_per_s"] > 0 and result["peak_mem_mb"] >= result["weights_mem_mb"] > 0
         assert ("gflops" in result) != bool(mode)
+        assert result["cpu_linear"] in ("onednn", "blas")
 
 
 def test_activation_memory_sees_a_large_allocation() -> None:

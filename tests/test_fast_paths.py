@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -84,3 +88,27 @@ def test_inference_paths_equal_the_autograd_path(name, monkeypatch):
     with torch.inference_mode():
         fast = model({"image": image})["logits"]
     torch.testing.assert_close(fast, reference, atol=1e-4, rtol=1e-4)
+
+
+def test_backend_choice_is_validated_and_reported():
+    code = "from forgeloc.models import layers; print(layers.cpu_linear_backend())"
+    for value, expected in (("blas", "blas"), ("onednn", None)):
+        env = {**os.environ, "FORGELOC_CPU_LINEAR": value}
+        out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, check=True)
+        assert out.stdout.strip() == (expected or ("onednn" if torch.backends.mkldnn.is_available() else "blas"))
+    env = {**os.environ, "FORGELOC_CPU_LINEAR": "mkl"}
+    bad = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
+    assert bad.returncode != 0 and "FORGELOC_CPU_LINEAR must be" in bad.stderr
+
+
+def test_token_grid_keeps_channels_last_for_a_single_image():
+    """A (1, H·W, C) token tensor viewed as a map must read as channels-last (see tokens_to_grid)."""
+    x = torch.randn(1, 6 * 5, 7)
+    grid = layers.tokens_to_grid(x, 6, 5)
+    assert grid.shape == (1, 7, 6, 5) and grid.data_ptr() == x.data_ptr()
+    weight = torch.randn(7, 1, 3, 3)
+    out = F.conv2d(grid, weight, padding=1, groups=7)
+    assert out.is_contiguous(memory_format=torch.channels_last) and not out.is_contiguous()
+    # the spelling it replaces: the convolution falls back to NCHW
+    naive = x.transpose(1, 2).reshape(1, 7, 6, 5)
+    assert F.conv2d(naive, weight, padding=1, groups=7).is_contiguous()

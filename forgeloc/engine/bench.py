@@ -175,6 +175,10 @@ def measure(
         "amp": amp, "channels_last": channels_last, "compile": compile, "threads": torch.get_num_threads(),
         "torch": torch.__version__, "params": n_params,
     }
+    if dev.type == "cpu":  # where the float32 Linear GEMMs ran (forgeloc.models.layers.linear)
+        from forgeloc.models import layers
+
+        result["cpu_linear"] = layers.cpu_linear_backend()
     if flops and not train:
         result["gflops"] = round(count_flops(model, size) / 1e9, 3)
     model.to(dev)

@@ -24,6 +24,12 @@ if _CPU_LINEAR_BACKEND not in ("onednn", "blas"):
     raise ValueError(f"FORGELOC_CPU_LINEAR must be 'onednn' or 'blas', got {_CPU_LINEAR_BACKEND!r}")
 
 
+def cpu_linear_backend() -> str:
+    """``"onednn"`` or ``"blas"``: where :func:`linear` runs CPU float32 GEMMs in this process."""
+    usable = torch.backends.mkldnn.is_available() and torch.backends.mkldnn.enabled
+    return "onednn" if _CPU_LINEAR_BACKEND == "onednn" and usable else "blas"
+
+
 def _autocast_on_cpu() -> bool:
     try:
         return torch.is_autocast_enabled("cpu")
@@ -122,6 +128,14 @@ class Linear(nn.Linear):
 INFERENCE_CHUNK_ELEMENTS = 1 << 20
 
 
+def chunked_inference(x: torch.Tensor) -> bool:
+    """Whether to run the chunked, in-place inference paths: CPU, no autograd, not traced.
+
+    On a GPU the extra kernel launches would cost more than the memory saved.
+    """
+    return x.device.type == "cpu" and not torch.is_grad_enabled() and not torch.jit.is_tracing()
+
+
 def inference_chunk(width: int) -> int:
     """How many rows of ``width`` elements one inference chunk holds (at least one)."""
     return max(1, INFERENCE_CHUNK_ELEMENTS // width)
@@ -203,7 +217,7 @@ class MixFFN(nn.Module):
 
     def forward(self, x: torch.Tensor, H: int, W: int) -> torch.Tensor:
         wide = x.shape[0] * x.shape[1] * self.fc1.out_features > INFERENCE_CHUNK_ELEMENTS
-        if wide and not torch.is_grad_enabled() and not torch.jit.is_tracing():  # FLOP counts: no halo rows
+        if wide and chunked_inference(x):  # (not under tracing: FLOP counts without halo rows)
             return self._forward_bands(x, H, W)
         # the GELU (``act``, exact) runs inside the depthwise conv: conv2d_gelu
         x = self.dwconv(self.fc1(x), H, W, gelu=True)

@@ -50,6 +50,7 @@ from forgeloc.models.layers import (
     LayerNorm2d,
     Linear,
     MixFFN,
+    chunked_inference,
     conv2d_gelu,
     inference_chunk,
     linear,
@@ -212,7 +213,7 @@ class ConvNeXtBlock(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         y = self.conv_dw(x).permute(0, 2, 3, 1)
-        if not torch.is_grad_enabled() and not self.training:
+        if chunked_inference(x) and not self.training:
             return self._forward_inplace(x, y)
         # Layer scale in channels-last, before permuting back: one broadcast over the last axis.
         y = self.mlp(self.norm(y)) * self.gamma

@@ -37,7 +37,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from forgeloc.models.base import ForgeryModel
-from forgeloc.models.layers import DropPath, Linear, MixFFN, conv2d_gelu, inference_chunk
+from forgeloc.models.layers import DropPath, Linear, MixFFN, chunked_inference, conv2d_gelu, inference_chunk
 from forgeloc.models.registry import register_model
 
 __all__ = [
@@ -159,7 +159,7 @@ class CBlock(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = x + self.pos_embed(x)
         x = x + self.drop_path(self.conv2(self.attn(self.conv1(self.norm1(x)))))
-        if not torch.is_grad_enabled() and not self.training:
+        if chunked_inference(x) and not self.training:
             return self._mlp_residual_inplace(x)
         return x + self.drop_path(self.mlp(self.norm2(x)))
 
