@@ -71,8 +71,8 @@ def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = No
     convolutions to oneDNN. MKL picks its kernels by CPU vendor: on AMD processors it runs an AVX2
     path, about half the float32 GEMM throughput that oneDNN gets from the same AVX-512 cores
     (210 vs 460 GFLOP/s on 2 threads of an AMD EPYC; on Intel CPUs the two are close). A 1x1
-    convolution over the tokens laid out as a (1, K, 1, M) channels-last image *is* that GEMM, with
-    autograd and autocast like any convolution. Same float32 arithmetic, another summation order:
+    convolution over the M tokens laid out as a (1, K, rows, cols) channels-last image *is* that
+    GEMM, with autograd like any convolution. Same float32 arithmetic, another summation order:
     results differ from ``F.linear`` by rounding only (~1e-7 relative). Under tracing (fvcore's
     FLOP counter) it stays ``F.linear`` so that the count is filed under "linear". With ``gelu``,
     inference fuses the activation into the GEMM (see :func:`conv2d_gelu`).
@@ -129,7 +129,7 @@ INFERENCE_CHUNK_ELEMENTS = 1 << 20
 
 
 def chunked_inference(x: torch.Tensor) -> bool:
-    """Whether to run the chunked, in-place inference paths: CPU float32, no autograd, not traced.
+    """Whether to run the chunked, in-place inference paths: CPU, no autograd, no autocast, no tracing.
 
     On a GPU the extra kernel launches would cost more than the memory saved; under CPU bf16
     autocast the chunks' dtype casts cost more than they save (Mesorch-P 0.31 s chunked against

@@ -223,7 +223,7 @@ class ConvNeXtBlock(nn.Module):
         """Inference: the per-token LayerNorm → MLP → scale runs on chunks of tokens, written over
         the depthwise conv's output, which then takes the residual; the 4x-wide hidden layer exists
         for one chunk at a time. The same numbers as :meth:`forward`."""
-        tokens = y.reshape(-1, y.shape[-1])  # y is NHWC-contiguous (conv_dw keeps channels-last)
+        tokens = y.reshape(-1, y.shape[-1])  # a view when channels-last (the default), else a copy
         step = inference_chunk(self.mlp.fc1.out_features)
         for chunk in tokens.split(step):
             chunk.copy_(self.mlp(self.norm(chunk)).mul_(self.gamma))
