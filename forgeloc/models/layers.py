@@ -45,12 +45,10 @@ def _onednn_float32(x: torch.Tensor) -> bool:
     ops, which autocast does not know, would stay in float32.
     """
     return (
-        _CPU_LINEAR_BACKEND == "onednn"
-        and x.device.type == "cpu"
+        x.device.type == "cpu"
         and x.dtype == torch.float32
         and not torch.jit.is_tracing()
-        and torch.backends.mkldnn.is_available()
-        and torch.backends.mkldnn.enabled
+        and cpu_linear_backend() == "onednn"
         and not _autocast_on_cpu()
     )
 
