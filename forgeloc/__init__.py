@@ -5,6 +5,7 @@ Public API (small on purpose)::
     import forgeloc
     model = forgeloc.create_model("sparsevit", checkpoint="sparsevit.safetensors")
     forgeloc.list_models()
+    predictor = forgeloc.load()                           # the default detector, shipped inside
     predictor = forgeloc.load("runs/quickstart")          # or load("sparsevit", checkpoint=PATH)
     predictor.predict("photo.jpg").save("out/")
 """
@@ -21,11 +22,12 @@ if TYPE_CHECKING:
 __version__ = "0.1.0"
 
 
-def load(model_or_checkpoint: Any, checkpoint: Any = None, **kwargs: Any) -> Predictor:
-    """A ready-to-use predictor from a checkpoint (see :func:`forgeloc.inference.predictor.load`).
+def load(model_or_checkpoint: Any = None, checkpoint: Any = None, **kwargs: Any) -> Predictor:
+    """A ready-to-use predictor (see :func:`forgeloc.inference.predictor.load`).
 
-    ``forgeloc.load(PATH)`` for a run/checkpoint folder that names its model, or
-    ``forgeloc.load("sparsevit", checkpoint=PATH)``; then ``.predict(image)``.
+    ``forgeloc.load()`` for the default detector shipped with forgeloc, ``forgeloc.load(PATH)`` for
+    a run/checkpoint folder that names its model, ``forgeloc.load("sparsevit", checkpoint=PATH)``,
+    or ``forgeloc.load("copymove")`` for a training-free detector; then ``.predict(image)``.
     """
     # Imported on use: inference pulls in OpenCV and albumentations, ``import forgeloc`` stays light.
     from forgeloc.inference.predictor import load as _load

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-__all__ = ["JpegStream", "JpegStreamError", "blocks_to_plane", "read_jpeg_stream"]
+__all__ = ["JpegStream", "JpegStreamError", "blocks_to_plane", "dct_grid", "read_jpeg_stream"]
 
 
 class JpegStreamError(ValueError):
@@ -94,3 +94,18 @@ def blocks_to_plane(blocks: np.ndarray) -> np.ndarray:
     ``8i.., 8j..`` (the layout of a stride-8 blockwise DCT of the pixels)."""
     hb, wb = blocks.shape[:2]
     return np.ascontiguousarray(blocks.transpose(0, 2, 1, 3).reshape(hb * 8, wb * 8))
+
+
+def dct_grid(data: bytes, height: int, width: int) -> np.ndarray | None:
+    """A JPEG file's dequantized luma coefficients as float32 ``(64, ⌈H/8⌉, ⌈W/8⌉)`` (channel
+    ``8u + v``), the layout of a stride-8 blockwise DCT of the decoded luma; ``None`` when the bytes
+    are not a readable JPEG or their stored size is not ``height × width``."""
+    try:
+        stream = read_jpeg_stream(data)
+    except (JpegStreamError, ImportError):
+        return None
+    if (stream.height, stream.width) != (height, width):
+        return None
+    hb, wb = -(-height // 8), -(-width // 8)
+    coef = stream.dequantized_y()[:hb, :wb]
+    return np.ascontiguousarray(coef.reshape(hb, wb, 64).transpose(2, 0, 1))

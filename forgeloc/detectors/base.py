@@ -51,7 +51,8 @@ class ImageInput:
 
     @property
     def is_jpeg(self) -> bool:
-        return self.format == "JPEG" and self.data is not None
+        # Pillow reports camera JPEGs that carry extra pictures (multi-picture format) as "MPO".
+        return self.format in ("JPEG", "MPO") and self.data is not None
 
     @property
     def height(self) -> int:
@@ -78,14 +79,18 @@ class ImageInput:
     @classmethod
     def from_bytes(cls, data: bytes, name: str = "image") -> ImageInput:
         """Decode ``data`` with forgeloc's image reader (modes, EXIF, bombs handled) and keep the bytes."""
+        import warnings
+
         from PIL import Image
 
         from forgeloc.data.io import read_image
 
         rgb = read_image(data, name=name)
-        with Image.open(io.BytesIO(data)) as img:
-            fmt = img.format
-            orientation = int(img.getexif().get(0x0112, 1) or 1)
+        with warnings.catch_warnings():  # Pillow's "Corrupt EXIF data": the pixels are what matter here
+            warnings.simplefilter("ignore")
+            with Image.open(io.BytesIO(data)) as img:
+                fmt = img.format
+                orientation = int(img.getexif().get(0x0112, 1) or 1)
         return cls(rgb=rgb, data=data, format=fmt, orientation=orientation if 1 <= orientation <= 8 else 1, name=name)
 
     @classmethod

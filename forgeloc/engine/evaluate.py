@@ -64,3 +64,52 @@ def evaluate(
         results["loss"] = float(loss_sum[0] / loss_sum[1])
     net.train(was_training)
     return results
+
+
+def evaluate_photos(
+    predictor: Any,
+    source: str,
+    *,
+    definition: str = "forgeloc",
+    threshold: float | None = None,
+    progress: Callable[[int, int], None] | None = None,
+) -> dict[str, Any]:
+    """Evaluate a :class:`~forgeloc.inference.predictor.Predictor` photo by photo, at each photo's
+    own resolution (what a user of ``forgeloc predict`` gets), on the dataset ``source``.
+
+    The metrics are :class:`~forgeloc.metrics.ForgeryMetrics` with the predictor's image score as
+    the image-level score, plus ``authentic_flagged``: the mean share of pixels flagged
+    (``heatmap > threshold``) on authentic images, the false-alarm rate a practitioner sees.
+    Masks whose size differs from their image are an error (as in training and ``forgeloc test``).
+    """
+    import math
+
+    import numpy as np
+
+    from forgeloc.data.datasets import load_records
+    from forgeloc.data.io import read_mask
+
+    thr = predictor.threshold if threshold is None else float(threshold)
+    records = [r for r in load_records(source) if r.label is not None]
+    metrics = ForgeryMetrics(definition=definition, threshold=thr, image_score="max")
+    flagged: list[float] = []
+    for i, rec in enumerate(records):
+        pred = predictor.predict(rec.image, threshold=thr)
+        h, w = pred.heatmap.shape
+        if rec.mask is None:
+            mask = np.zeros((h, w), np.uint8)
+            flagged.append(pred.tampered_fraction)
+        else:
+            mask = read_mask(rec.mask, image_size=(w, h), image_path=rec.image)
+        metrics.update(
+            torch.from_numpy(pred.heatmap)[None, None],
+            torch.from_numpy(np.asarray(mask, dtype=np.float32))[None, None],
+            label=torch.tensor([float(rec.label)]),
+            pred_label=torch.tensor([float(pred.score)]),
+            index=torch.tensor([i]),
+        )
+        if progress is not None:
+            progress(i + 1, len(records))
+    out = dict(metrics.compute())
+    out["authentic_flagged"] = float(np.mean(flagged)) if flagged else math.nan
+    return out

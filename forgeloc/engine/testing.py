@@ -74,6 +74,8 @@ def run_test(
     **setup: Any,
 ) -> dict[str, dict[str, Any]]:
     """Evaluate ``checkpoint`` on each named dataset; write ``metrics.{md,csv,json}`` to ``out_dir``."""
+    if reads_whole_photos(checkpoint):
+        return run_photo_test(checkpoint, datasets, out_dir, **setup)
     info = init_distributed(setup.pop("device", None))
     setup_logging(enabled=info.is_main)
     try:
@@ -103,3 +105,60 @@ def run_test(
         return rows
     finally:
         cleanup_distributed()
+
+
+def reads_whole_photos(checkpoint: str | Path) -> bool:
+    """Whether a detector must be evaluated photo by photo at native resolution: the packaged
+    default detector, a training-free cue, or a checkpoint whose model reads block-grid traces
+    (recorded input mode ``native``) or fuses cues."""
+    from forgeloc.checkpoint import read_checkpoint_config
+    from forgeloc.detectors import CUES
+    from forgeloc.inference.predictor import DEFAULT_DETECTOR
+
+    if str(checkpoint) in CUES or str(checkpoint) == DEFAULT_DETECTOR:
+        return True
+    path = Path(checkpoint)
+    try:
+        meta = read_checkpoint_config(path) or {}
+    except Exception:  # unreadable here: the usual path reports it properly
+        return False
+    return (meta.get("input") or {}).get("mode") == "native" or bool(meta.get("fuse"))
+
+
+def run_photo_test(
+    checkpoint: str | Path,
+    datasets: dict[str, str],
+    out_dir: str | Path,
+    *,
+    definition: str = "forgeloc",
+    threshold: float | None = None,
+    device: str | None = None,
+    **ignored: Any,
+) -> dict[str, dict[str, Any]]:
+    """``forgeloc test`` for detectors that read whole photos (see :func:`reads_whole_photos`):
+    every image at its own resolution through :class:`~forgeloc.inference.predictor.Predictor`,
+    the metrics at that resolution. Single process (the sets these detectors are shown on are
+    small; ``forgeloc predict`` shards large collections)."""
+    from forgeloc.engine.evaluate import evaluate_photos
+    from forgeloc.inference.predictor import load
+
+    predictor = load(checkpoint, device=device, threshold=threshold)
+    rows = {name: evaluate_photos(predictor, source, definition=definition, threshold=threshold)
+            for name, source in datasets.items()}
+    desc = predictor.describe()
+    table_meta = {
+        "checkpoint": str(checkpoint),
+        "model": desc["model"],
+        "weights_sha256": desc.get("weights_sha256"),
+        "definition": definition,
+        "threshold": predictor.threshold if threshold is None else threshold,
+        "image_score": desc["image_score"],
+        "fused": list(predictor.fuse),
+        "input": "native resolution (whole photo)",
+        "metrics_resolution": "each photo's own resolution",
+        "forgeloc_version": __version__,
+        "datasets": datasets,
+    }
+    write_tables(rows, out_dir, "metrics", table_meta)
+    console.print(metrics_table(rows, title=f"{desc['model']} ({definition} definition, native resolution)"))
+    return rows

@@ -30,8 +30,11 @@ so the two report the same number for the same image.
 from __future__ import annotations
 
 import functools
+import io
 import json
+import math
 import os
+import warnings
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -44,6 +47,8 @@ from torch import nn
 
 from forgeloc.data.io import DEFAULT_MAX_PIXELS, DecompressionBombError, ImageReadError, read_image
 from forgeloc.data.transforms import normalize
+from forgeloc.detectors import run_cue
+from forgeloc.detectors.base import CueResult, ImageInput
 from forgeloc.engine.runtime import autocast_context
 from forgeloc.inference import tiling
 from forgeloc.inference import visualize as viz
@@ -80,6 +85,12 @@ class Prediction:
     model: str = ""
     windows: int = 1
     extra: dict[str, Any] = field(default_factory=dict)
+    #: What the model read: ``["pixels"]`` or ``["jpeg_dct"]`` (the file's own DCT coefficients).
+    streams: list[str] = field(default_factory=lambda: ["pixels"])
+    #: Training-free cues run on this image, by name (heatmaps at the image's resolution).
+    cues: dict[str, CueResult] = field(default_factory=dict)
+    #: Which maps the heatmap fuses (``["model"]``, ``["model", "copymove"]``, ...).
+    fused: list[str] = field(default_factory=lambda: ["model"])
 
     @functools.cached_property
     def mask(self) -> np.ndarray:
@@ -123,6 +134,9 @@ class Prediction:
             "mode": self.mode,
             "windows": self.windows,
             "model": self.model,
+            "streams": list(self.streams),
+            "fused": list(self.fused),
+            **({"cues": {k: c.to_dict() for k, c in self.cues.items()}} if self.cues else {}),
         }
 
     def save(self, folder: str | Path, stem: str | None = None, write_json: bool = True) -> dict[str, str]:
@@ -227,12 +241,98 @@ def load_input(item: Any, max_pixels: int = DEFAULT_MAX_PIXELS, name: str | None
         Image = None
     if Image is not None and isinstance(item, Image.Image):
         _check_pixels(item.width, item.height, max_pixels, where)
+        from PIL import ImageOps
+
         from forgeloc.data.io import _to_rgb  # same mode policy as files (alpha on white, 16-bit high byte)
 
         item.load()
-        return _to_rgb(item, where, alpha="white")
+        # As for files: the photo the user sees, with its EXIF orientation applied.
+        return _to_rgb(ImageOps.exif_transpose(item), where, alpha="white")
     return read_image(item, max_pixels=max_pixels, name=name)
 
+
+def _file_bytes(item: Any, where: str) -> bytes | None:
+    """The raw bytes of a path, bytes or binary-file input (``None`` for arrays and PIL images)."""
+    if isinstance(item, (bytes, bytearray, memoryview)):
+        return bytes(item)
+    if isinstance(item, (str, os.PathLike)):
+        try:
+            return Path(item).read_bytes()
+        except OSError as err:
+            raise ImageReadError(where, err.strerror or str(err)) from None
+    read = getattr(item, "read", None)
+    if callable(read):
+        data = read()
+        return data if isinstance(data, bytes) else None
+    return None
+
+
+def load_image_input(item: Any, max_pixels: int = DEFAULT_MAX_PIXELS, name: str | None = None) -> ImageInput:
+    """Any supported input → :class:`~forgeloc.detectors.base.ImageInput`: the RGB pixels (as
+    :func:`load_input`) and, for files and bytes, the original bytes, format and EXIF orientation
+    (what compression cues and the JPEG stream of a model read)."""
+    where = name or _describe(item)[0]
+    data = None if isinstance(item, np.ndarray) else _file_bytes(item, where)
+    if data is None:
+        return ImageInput(rgb=load_input(item, max_pixels, name=name), name=where)
+    rgb = read_image(data, max_pixels=max_pixels, name=where)
+    from PIL import Image
+
+    fmt, orientation = None, 1
+    try:
+        with warnings.catch_warnings():  # "Corrupt EXIF data" is not the user's concern here
+            warnings.simplefilter("ignore")
+            with Image.open(io.BytesIO(data)) as img:  # header only: decoding already succeeded above
+                fmt = img.format
+                orientation = int(img.getexif().get(0x0112, 1) or 1)
+    except Exception:  # a header Pillow parsed once cannot fail here; stay safe for odd EXIF
+        pass
+    return ImageInput(rgb=rgb, data=data, format=fmt, orientation=orientation if 1 <= orientation <= 8 else 1,
+                      name=where)
+
+
+
+#: Side of the windows a native-resolution model reads (a multiple of 8: windows stay on the grid).
+NATIVE_WINDOW = 2048
+#: Overlap of those windows (a multiple of 8), so that every block sees some context on all sides.
+NATIVE_OVERLAP = 256
+
+
+def native_windows(height: int, width: int) -> list[tuple[int, int]]:
+    """Top-left corners of the block-aligned windows covering an image (one window when it fits)."""
+    def starts(length: int) -> list[int]:
+        if length <= NATIVE_WINDOW:
+            return [0]
+        step = NATIVE_WINDOW - NATIVE_OVERLAP
+        out = list(range(0, length - NATIVE_WINDOW, step))
+        out.append((length - NATIVE_WINDOW) // 8 * 8)  # the last window reaches the far edge
+        return sorted(set(out))
+
+    return [(y, x) for y in starts(height) for x in starts(width)]
+
+
+def fuse_maps(
+    heat: np.ndarray, score: float, cues: list[CueResult], with_model: bool = True
+) -> tuple[np.ndarray, float, list[str]]:
+    """forgeloc's fusion rule: the pixelwise **maximum** of the model's map and each applicable
+    fused cue's map, and the maximum of their scores.
+
+    Why the maximum: the fused cues find different manipulations (a learned local-trace model
+    finds splices; copy-move matching finds copies inside the photo, which carry the same traces as
+    their surroundings), so evidence from either should show, and each map is already
+    conservative on untouched photos (each cue's false-alarm rate is measured in docs/detectors.md).
+    Returns the fused map, score and the names of what was fused (``"model"`` first, when
+    ``with_model``; without a model, ``heat``/``score`` are zeros and the cues alone decide).
+    """
+    fused = ["model"] if with_model else []
+    for cue in cues:
+        if not cue.applicable or cue.heatmap is None:
+            continue
+        heat = np.maximum(heat, cue.heatmap.astype(np.float32, copy=False))
+        if cue.score is not None:
+            score = max(score, float(cue.score))
+        fused.append(cue.name)
+    return heat, score, fused
 
 # --------------------------------------------------------------------------------------------------
 # The predictor
@@ -262,11 +362,15 @@ class Predictor:
         tile_overlap: fraction of the window shared by neighbouring tiles.
         max_pixels: images declaring more pixels are refused before decoding.
         info: free-form metadata shown in reports (checkpoint path, ...).
+        cues: training-free cues (:mod:`forgeloc.detectors`) to run on every image and report
+            next to the model's map (``Prediction.cues``).
+        fuse: cues whose maps are fused into the heatmap by the documented rule
+            :func:`fuse_maps` (they run whether or not they are listed in ``cues``).
     """
 
     def __init__(
         self,
-        model: nn.Module,
+        model: nn.Module | None,
         *,
         input_size: int | None = None,
         input_mode: str = "resize",
@@ -277,7 +381,10 @@ class Predictor:
         tile_overlap: float = tiling.DEFAULT_OVERLAP,
         max_pixels: int = DEFAULT_MAX_PIXELS,
         info: dict[str, Any] | None = None,
+        cues: Iterable[str] = (),
+        fuse: Iterable[str] = (),
     ) -> None:
+        from forgeloc.detectors import get_cue
         from forgeloc.metrics.image import IMAGE_SCORES
 
         if amp not in _AMP:
@@ -296,7 +403,9 @@ class Predictor:
         divisor = int(getattr(model, "size_divisor", 1) or 1)
         if size % divisor:
             raise ValueError(f"input size {size} is not a multiple of the model's size divisor {divisor}")
-        self.model = model.to(self.device).eval()
+        if model is None and not tuple(fuse):
+            raise ValueError("a Predictor needs a model, or at least one training-free detector to fuse")
+        self.model = None if model is None else model.to(self.device).eval()
         self.input_size = size
         self.input_mode = input_mode
         self.threshold = float(threshold)
@@ -304,8 +413,16 @@ class Predictor:
         self.tile_overlap = float(tile_overlap)
         tiling.window_grid(size, size, size, self.tile_overlap)  # validates the overlap
         self.max_pixels = int(max_pixels)
-        self.model_name = str(getattr(model, "model_name", type(model).__name__))
+        self.fuse = tuple(fuse)
+        self.model_name = "+".join(self.fuse) if model is None else str(getattr(model, "model_name",
+                                                                                   type(model).__name__))
         self.info = {"model": self.model_name, **(info or {})}
+        self.cues = tuple(dict.fromkeys([*self.fuse, *cues]))  # fused cues always run; order kept
+        for name in self.cues:
+            get_cue(name)  # unknown names fail now, not at the first image
+        for name in self.fuse:
+            if get_cue(name).kind != "detector":
+                raise ValueError(f"{name!r} is a {get_cue(name).kind}, not a detector: it cannot be fused")
 
     # -- construction ------------------------------------------------------------------------------
     @classmethod
@@ -321,6 +438,8 @@ class Predictor:
         amp: str | None = None,
         tile_overlap: float = tiling.DEFAULT_OVERLAP,
         max_pixels: int = DEFAULT_MAX_PIXELS,
+        cues: Iterable[str] | None = None,
+        fuse: Iterable[str] | None = None,
         **model_kwargs: Any,
     ) -> Predictor:
         """Load a run folder, checkpoint folder or weights file (``model`` names the architecture
@@ -340,7 +459,10 @@ class Predictor:
             amp=amp,
             tile_overlap=tile_overlap,
             max_pixels=max_pixels,
-            info={"checkpoint": meta.get("checkpoint"), "epoch": meta.get("epoch")},
+            info={"checkpoint": meta.get("checkpoint"), "epoch": meta.get("epoch"),
+                  **({"card": meta["card"]} if isinstance(meta.get("card"), dict) else {})},
+            cues=meta.get("cues", ()) if cues is None else cues,
+            fuse=meta.get("fuse", ()) if fuse is None else fuse,
         )
 
     def describe(self) -> dict[str, Any]:
@@ -392,6 +514,11 @@ class Predictor:
         if self.image_score == "max":
             # Same value as reduce_image_score(…, "max") without its float64 copy of a huge map.
             return float(prob.max())
+        if self.image_score == "topk_mean":
+            # reduce_image_score's top-1 % mean, by partial selection instead of a full sort.
+            flat = prob.reshape(-1)
+            k = max(1, math.ceil(flat.size * 0.01))
+            return float(np.partition(flat, flat.size - k)[flat.size - k:].astype(np.float64).mean())
         from forgeloc.metrics.functional import reduce_image_score
 
         return float(reduce_image_score(torch.from_numpy(prob)[None, None], None, self.image_score).item())
@@ -486,42 +613,102 @@ class Predictor:
     def _run_chunk(
         self, chunk: list[tuple[Any, str]], batch_size: int, mode: str, threshold: float, skip_errors: bool
     ) -> Iterator[Prediction | PredictionFailure]:
-        loaded: list[np.ndarray | PredictionFailure] = []
+        loaded: list[ImageInput | PredictionFailure] = []
         for item, name in chunk:
             try:
-                loaded.append(load_input(item, self.max_pixels, name=_describe(item)[1] or name))
+                loaded.append(load_image_input(item, self.max_pixels, name=_describe(item)[1] or name))
             except (ImageReadError, ValueError, TypeError) as err:
                 if not skip_errors:
                     raise
                 reason = err.reason if isinstance(err, ImageReadError) else str(err)
                 loaded.append(PredictionFailure(name, _describe(item)[1], reason))
-        resized = [i for i, im in enumerate(loaded)
-                   if isinstance(im, np.ndarray) and self.choose_mode(*im.shape[:2], mode) == "resize"]
-        resized_out = dict(zip(resized, self._predict_resized([loaded[i] for i in resized]), strict=True)) \
+        resized = [] if self.native or self.model is None else [
+            i for i, im in enumerate(loaded)
+            if isinstance(im, ImageInput) and self.choose_mode(im.height, im.width, mode) == "resize"]
+        resized_out = dict(zip(resized, self._predict_resized([loaded[i].rgb for i in resized]), strict=True)) \
             if resized else {}
         for i, ((item, name), im) in enumerate(zip(chunk, loaded, strict=True)):
             if isinstance(im, PredictionFailure):
                 yield im
                 continue
-            if i in resized_out:
+            streams = ["pixels"]
+            if self.model is None:  # training-free detectors only: their fused maps are the result
+                heat, score, source = np.zeros((im.height, im.width), np.float32), 0.0, "detectors"
+                chosen, windows = "native", 0
+            elif i in resized_out:
                 heat, score, source = resized_out.pop(i)
                 chosen, windows = "resize", 1
+            elif self.native:
+                heat, score, source, windows, streams = self._predict_native(im)
+                chosen = "native"
             else:
-                heat, score, source, windows = self._predict_tiled(im, batch_size)
+                heat, score, source, windows = self._predict_tiled(im.rgb, batch_size)
                 chosen = "tile"
+            cues = {n: run_cue(n, im) for n in self.cues}
+            heat, score, fused = fuse_maps(heat, score, [cues[n] for n in self.fuse], with_model=self.model is not None)
             yield Prediction(
-                heatmap=heat, score=score, threshold=threshold, image=im, name=name,
+                heatmap=heat, score=score, threshold=threshold, image=im.rgb, name=name,
                 source=_describe(item)[1], mode=chosen, score_source=source, model=self.model_name,
-                windows=windows,
+                windows=windows, streams=streams, cues=cues, fused=fused,
             )
+
+    # -- native-resolution models (block-grid traces: never resized) -------------------------------
+    @property
+    def native(self) -> bool:
+        """Whether the model reads traces that resizing would destroy (``native_resolution``)."""
+        return bool(getattr(self.model, "native_resolution", False))
+
+    def _jpeg_dct(self, image: ImageInput) -> np.ndarray | None:
+        """The file's DCT coefficients for a JPEG in its stored orientation, else ``None`` (the
+        model then reads the decoded pixels)."""
+        if not image.is_jpeg or image.orientation != 1:
+            return None
+        from forgeloc.data.jpeg import dct_grid
+
+        return dct_grid(image.data, image.height, image.width)
+
+    def _forward_native(self, rgb: np.ndarray, dct: np.ndarray | None) -> np.ndarray:
+        batch: dict[str, Any] = {"image": normalize(rgb)[None].to(self.device)}
+        if dct is not None:
+            batch["dct"] = torch.from_numpy(dct)[None].to(self.device)
+            batch["dct_valid"] = torch.ones(1, dtype=torch.bool, device=self.device)
+        with torch.inference_mode(), autocast_context(self.device, self.amp):
+            pred = self.model(batch)["pred_mask"]
+        return pred[0, 0].float().clamp(0.0, 1.0).cpu().numpy()
+
+    def _predict_native(self, image: ImageInput) -> tuple[np.ndarray, float, str, int, list[str]]:
+        """The whole photo at its own resolution, in block-aligned windows of at most
+        ``NATIVE_WINDOW`` pixels a side (averaged where they overlap)."""
+        dct = self._jpeg_dct(image)
+        H, W = image.height, image.width
+        heat = np.zeros((H, W), np.float32)
+        count = np.zeros((H, W), np.float32)
+        windows = 0
+        for y0, x0 in native_windows(H, W):
+            y1, x1 = min(H, y0 + NATIVE_WINDOW), min(W, x0 + NATIVE_WINDOW)
+            sub = None if dct is None else dct[:, y0 // 8: -(-y1 // 8), x0 // 8: -(-x1 // 8)]
+            heat[y0:y1, x0:x1] += self._forward_native(image.rgb[y0:y1, x0:x1], sub)
+            count[y0:y1, x0:x1] += 1
+            windows += 1
+        heat /= count
+        return heat, self._reduce(heat), self.image_score, windows, ["jpeg_dct" if dct is not None else "pixels"]
 
     def __repr__(self) -> str:
         return (f"Predictor(model={self.model_name!r}, input_size={self.input_size}, threshold={self.threshold}, "
                 f"device={str(self.device)!r})")
 
 
+#: The name that selects the detector shipped inside the package (``forgeloc.load()``).
+DEFAULT_DETECTOR = "default"
+
+
+def default_detector_path() -> Path:
+    """The folder of the packaged default detector (``model.safetensors`` + ``config.json``)."""
+    return Path(__file__).resolve().parent.parent / "weights" / "default"
+
+
 def load(
-    model_or_checkpoint: str | os.PathLike,
+    model_or_checkpoint: str | os.PathLike | None = None,
     checkpoint: str | os.PathLike | None = None,
     *,
     device: str | torch.device | None = None,
@@ -529,22 +716,38 @@ def load(
     threshold: float | None = None,
     **kwargs: Any,
 ) -> Predictor:
-    """A :class:`Predictor` from a checkpoint.
+    """A :class:`Predictor`.
 
-    ``forgeloc.load(PATH)``: a run folder or checkpoint folder whose ``config.json`` names the
-    model. ``forgeloc.load("sparsevit", checkpoint=PATH)``: a model name and its weights (any file
-    :func:`forgeloc.create_model` reads: safetensors, the authors' ``.pth``). Other keyword
-    arguments go to :meth:`Predictor.from_checkpoint` (``image_score``, ``input_size``,
-    ``tile_overlap``, ``max_pixels``) or to the model constructor.
+    * ``forgeloc.load()`` (or ``load("default")``): the default detector shipped with forgeloc
+      (``docs/models/default.md``): no download, no checkpoint to find;
+    * ``forgeloc.load(PATH)``: a run folder or checkpoint folder whose ``config.json`` names the
+      model;
+    * ``forgeloc.load("sparsevit", checkpoint=PATH)``: a model name and its weights (any file
+      :func:`forgeloc.create_model` reads: safetensors, the authors' ``.pth``);
+    * ``forgeloc.load("copymove")``: a training-free detector (``forgeloc detectors`` lists them).
+
+    Other keyword arguments go to :meth:`Predictor.from_checkpoint` (``image_score``,
+    ``input_size``, ``tile_overlap``, ``max_pixels``, ``cues``, ``fuse``) or to the model constructor.
     """
+    if model_or_checkpoint is None or str(model_or_checkpoint) == DEFAULT_DETECTOR:
+        if checkpoint is not None:
+            raise ValueError("the default detector ships its own weights: pass no checkpoint")
+        return Predictor.from_checkpoint(default_detector_path(), device=device, amp=amp, threshold=threshold,
+                                         **kwargs)
     if checkpoint is None:
+        from forgeloc.detectors import CUES
+
+        name = str(model_or_checkpoint)
         path = Path(model_or_checkpoint)
+        if name in CUES and not path.exists():
+            return Predictor(None, fuse=[name], device=device, threshold=0.5 if threshold is None else threshold,
+                             info={"detector": "training-free"}, **kwargs)
         if not path.exists():
             from forgeloc.models.registry import list_models
 
-            if str(model_or_checkpoint) in list_models():
+            if name in list_models():
                 raise ValueError(
-                    f"forgeloc.load({str(model_or_checkpoint)!r}) needs trained weights: pass "
+                    f"forgeloc.load({name!r}) needs trained weights: pass "
                     f"checkpoint=PATH (a forgeloc checkpoint folder or the authors' weights file; "
                     "docs/models lists where each paper's authors publish theirs)"
                 )

@@ -30,6 +30,7 @@ _MODEL_MODULES = (
     "forgeloc.models.sparsevit",
     "forgeloc.models.mesorch",
     "forgeloc.models.ncl",
+    "forgeloc.models.gridnet",
 )
 _imported = False
 

@@ -1,0 +1,255 @@
+"""Training the default detector (:mod:`forgeloc.models.gridnet`) on :mod:`forgeloc.data.realsynth` data.
+
+Why a loop of its own: GridNet reads block-grid traces, so its samples must be cropped at
+multiples of 8 and never resized, and JPEG samples carry the file's DCT coefficients next to the
+pixels. The general engine (:mod:`forgeloc.engine.trainer`) resizes every sample to the model's
+input and knows nothing of a JPEG stream. This loop keeps what matters for reproducibility:
+a config file, a fixed step budget (no selection on any test set), seeded data order, atomic
+checkpoints and resume.
+
+::
+
+    python -m forgeloc.engine.gridnet_training -c configs/default_detector.yaml
+    python -m forgeloc.engine.gridnet_training -c configs/default_detector.yaml --resume
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import yaml
+from torch.utils.data import DataLoader, Dataset
+
+from forgeloc.data.io import read_image, read_mask
+from forgeloc.data.jpeg import dct_grid
+from forgeloc.data.transforms import normalize
+
+BLOCK = 8
+
+
+@dataclass
+class GridNetTrainConfig:
+    train: str = "data/realsynth/train/dataset.json"
+    val: str | None = None
+    output_dir: str = "runs/default_detector"
+    model: str = "gridnet"
+    model_kwargs: dict[str, Any] = field(default_factory=dict)
+    crop: int = 384
+    batch_size: int = 16
+    steps: int = 6000
+    lr: float = 2e-3
+    min_lr: float = 2e-5
+    weight_decay: float = 1e-4
+    warmup_steps: int = 200
+    seed: int = 0
+    threads: int = 2
+    num_workers: int = 1
+    save_every: int = 500
+    log_every: int = 25
+
+    @classmethod
+    def from_yaml(cls, path: str | Path, base: Path | None = None) -> GridNetTrainConfig:
+        raw = yaml.safe_load(Path(path).read_text()) or {}
+        unknown = set(raw) - set(cls.__dataclass_fields__)
+        if unknown:
+            raise ValueError(f"{path}: unknown keys {sorted(unknown)}")
+        cfg = cls(**raw)
+        root = base or Path(path).resolve().parent
+        for key in ("train", "val", "output_dir"):  # paths are relative to the config file
+            value = getattr(cfg, key)
+            if value is not None and not Path(value).is_absolute():
+                setattr(cfg, key, str((root / value).resolve()))
+        return cfg
+
+
+# --------------------------------------------------------------------------------------------------
+# Data
+# --------------------------------------------------------------------------------------------------
+def _flip_coefficients(dct: np.ndarray, axis: int) -> np.ndarray:
+    """Flip a ``(64,hb,wb)`` coefficient grid like the image: reverse the blocks, and negate the
+    frequencies that are odd along the flipped axis (a mirrored cosine of odd order changes sign)."""
+    sign = np.ones((8, 8), np.float32)
+    if axis == 2:   # horizontal flip: v odd
+        sign[:, 1::2] = -1
+    else:           # vertical flip: u odd
+        sign[1::2, :] = -1
+    return np.flip(dct, axis=axis) * sign.reshape(64, 1, 1)
+
+
+class RealSynthDataset(Dataset):
+    """Samples of a :mod:`forgeloc.data.realsynth` folder, block-aligned crops with flips."""
+
+    def __init__(self, dataset_json: str | Path, crop: int, seed: int = 0, train: bool = True) -> None:
+        self.root = Path(dataset_json).parent
+        self.pairs = json.loads(Path(dataset_json).read_text())
+        self.crop, self.seed, self.train = crop, seed, train
+        self.epoch = 0
+
+    def __len__(self) -> int:
+        return len(self.pairs)
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __getitem__(self, i: int) -> dict[str, Any]:
+        image_rel, mask_rel = self.pairs[i]
+        data = (self.root / image_rel).read_bytes()
+        rgb = read_image(data, name=image_rel)
+        h, w = rgb.shape[:2]
+        mask = np.zeros((h, w), np.uint8) if mask_rel == "Negative" else read_mask(self.root / mask_rel)
+        dct = dct_grid(data, h, w) if image_rel.endswith(".jpg") else None
+        rng = np.random.default_rng([self.seed, self.epoch, i]) if self.train else np.random.default_rng([i])
+        by = int(rng.integers(0, (h - self.crop) // BLOCK + 1)) if h > self.crop else 0
+        bx = int(rng.integers(0, (w - self.crop) // BLOCK + 1)) if w > self.crop else 0
+        sl = np.s_[by * BLOCK: by * BLOCK + self.crop, bx * BLOCK: bx * BLOCK + self.crop]
+        nb = self.crop // BLOCK
+        rgb, mask = rgb[sl], mask[sl]
+        if dct is not None:
+            dct = dct[:, by: by + nb, bx: bx + nb]
+        if self.train:
+            for axis in (1, 0):
+                if rng.random() < 0.5:
+                    rgb, mask = np.flip(rgb, axis), np.flip(mask, axis)
+                    if dct is not None:
+                        dct = _flip_coefficients(dct, axis + 1)
+        return {
+            "image": normalize(np.ascontiguousarray(rgb)),
+            "mask": torch.from_numpy(np.ascontiguousarray(mask, dtype=np.float32))[None],
+            "dct": torch.from_numpy(np.ascontiguousarray(dct)) if dct is not None else torch.zeros(64, nb, nb),
+            "dct_valid": torch.tensor(dct is not None),
+        }
+
+
+# --------------------------------------------------------------------------------------------------
+# Loop
+# --------------------------------------------------------------------------------------------------
+def lr_at(step: int, cfg: GridNetTrainConfig) -> float:
+    if step < cfg.warmup_steps:
+        return cfg.lr * (step + 1) / cfg.warmup_steps
+    t = (step - cfg.warmup_steps) / max(1, cfg.steps - cfg.warmup_steps)
+    return cfg.min_lr + 0.5 * (cfg.lr - cfg.min_lr) * (1 + math.cos(math.pi * min(1.0, t)))
+
+
+def _save(out: Path, model: torch.nn.Module, optim: torch.optim.Optimizer, step: int, cfg: GridNetTrainConfig,
+          metrics: dict[str, Any]) -> None:
+    from forgeloc.checkpoint import atomic_write
+    from forgeloc.engine.checkpointing import write_model_folder
+
+    config = {
+        "format": "forgeloc-checkpoint", "format_version": 1, "model": cfg.model,
+        "model_kwargs": dict(cfg.model_kwargs), "input": {"mode": "native", "size": cfg.crop},
+        "threshold": 0.5, "image_score": "topk_mean", "epoch": step, "metrics": metrics,
+        "train_config": asdict(cfg),
+    }
+    write_model_folder(out / "last", {k: v.detach().cpu() for k, v in model.state_dict().items()}, config)
+    atomic_write(out / "train_state.pt", lambda p: torch.save({"optim": optim.state_dict(), "step": step}, p))
+
+
+@torch.no_grad()
+def evaluate(model: torch.nn.Module, loader: DataLoader) -> dict[str, float]:
+    """Pixel F1 at 0.5 (mean over tampered samples) and mean flagged share on authentic ones."""
+    model.eval()
+    f1s, flagged = [], []
+    for batch in loader:
+        pred = model(batch)["pred_mask"] > 0.5
+        for p, m in zip(pred, batch["mask"] > 0.5, strict=True):
+            if m.any():
+                tp = (p & m).sum().item()
+                f1s.append(2 * tp / max(1, p.sum().item() + m.sum().item()))
+            else:
+                flagged.append(p.float().mean().item())
+    model.train()
+    return {"val_f1": float(np.mean(f1s)) if f1s else float("nan"),
+            "val_authentic_flagged": float(np.mean(flagged)) if flagged else float("nan")}
+
+
+def _batches(data: RealSynthDataset, cfg: GridNetTrainConfig, step: int):
+    """Batches from ``step`` on: a seeded shuffle per epoch, so a resumed run sees the same order."""
+    per_epoch = len(data) // cfg.batch_size
+    epoch = step // per_epoch
+    while True:
+        data.set_epoch(epoch)
+        gen = torch.Generator().manual_seed(cfg.seed * 1000 + epoch)
+        loader = DataLoader(data, batch_size=cfg.batch_size, shuffle=True, generator=gen, drop_last=True,
+                            num_workers=cfg.num_workers)
+        skip = step - epoch * per_epoch
+        for i, batch in enumerate(loader):
+            if i >= skip:
+                yield batch
+        step, epoch = (epoch + 1) * per_epoch, epoch + 1
+
+
+def _restore(model: torch.nn.Module, optim: torch.optim.Optimizer, out: Path) -> int:
+    from forgeloc.checkpoint import load_model_weights
+
+    if not (out / "train_state.pt").exists():
+        return 0
+    load_model_weights(model, out / "last")
+    state = torch.load(out / "train_state.pt", weights_only=True)
+    optim.load_state_dict(state["optim"])
+    return int(state["step"])
+
+
+def train(cfg: GridNetTrainConfig, resume: bool = False) -> Path:
+    """Train for ``cfg.steps`` steps (continuing from ``output_dir/last`` with ``resume``)."""
+    import forgeloc
+
+    torch.manual_seed(cfg.seed)
+    torch.set_num_threads(cfg.threads)
+    out = Path(cfg.output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    model = forgeloc.create_model(cfg.model, **cfg.model_kwargs)
+    optim = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    step = _restore(model, optim, out) if resume else 0
+    data = RealSynthDataset(cfg.train, cfg.crop, cfg.seed)
+    val = DataLoader(RealSynthDataset(cfg.val, cfg.crop, train=False), batch_size=cfg.batch_size) if cfg.val else None
+    model.train()
+    t0 = time.time()
+    with open(out / "log.jsonl", "a") as log:
+        for batch in _batches(data, cfg, step):
+            if step >= cfg.steps:
+                break
+            for group in optim.param_groups:
+                group["lr"] = lr_at(step, cfg)
+            loss = model(batch)["loss"]
+            optim.zero_grad(set_to_none=True)
+            loss.backward()
+            optim.step()
+            step += 1
+            if step % cfg.log_every == 0:
+                rec = {"step": step, "loss": loss.item(), "lr": lr_at(step, cfg),
+                       "s_per_step": round((time.time() - t0) / cfg.log_every, 3)}
+                log.write(json.dumps(rec) + "\n")
+                log.flush()
+                t0 = time.time()
+            if step % cfg.save_every == 0 or step == cfg.steps:
+                metrics = evaluate(model, val) if val is not None else {}
+                log.write(json.dumps({"step": step, **metrics}) + "\n")
+                log.flush()
+                _save(out, model, optim, step, cfg, metrics)
+    return out / "last"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("-c", "--config", required=True)
+    parser.add_argument("--resume", action="store_true")
+    parser.add_argument("overrides", nargs="*", help="key=value (YAML values)")
+    args = parser.parse_args()
+    cfg = GridNetTrainConfig.from_yaml(args.config)
+    for item in args.overrides:
+        key, _, value = item.partition("=")
+        setattr(cfg, key, yaml.safe_load(value))
+    print(train(cfg, resume=args.resume))
+
+
+if __name__ == "__main__":
+    main()
