@@ -42,6 +42,7 @@ _COMMAND_MODULES = (
     "bench",
     "predict",
     "serve",
+    "detectors",
 )
 
 

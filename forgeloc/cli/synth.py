@@ -56,6 +56,12 @@ def synth(
     workers: int = typer.Option(1, "--workers", "-j", help="Processes (the output does not depend on it)."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace a dataset previously written by synth."),
     list_photos: bool = typer.Option(False, "--list-photos", help="List the bundled photo names and exit."),
+    realistic: bool = typer.Option(
+        False, "--realistic",
+        help="Forgeries with real traces for training the default detector: JPEG histories (host, donor, final), "
+             "resampling, feathered colour-matched pastes, inpainting, noise mismatch, authentic images through "
+             "the same global chains (forgeloc.data.realsynth). Uses --out, --n, --seed, --photos, --size, --workers.",
+    ),
 ) -> None:
     """Make a tampered dataset (splicing, copy-move, removal, authentic) with exact masks.
 
@@ -68,6 +74,9 @@ def synth(
         return
     if out is None:
         raise typer.BadParameter("--out is required", param_hint="--out")
+    if realistic:
+        _realistic(out, n, seed, photos, size, workers)
+        return
     start = time.perf_counter()
     try:
         dataset = synthesize(
@@ -98,6 +107,30 @@ def synth(
         )
     console.print(table)
     console.print(f"wrote {dataset} (JSON list, paths relative to {dataset.parent}) and manifest.json")
+
+
+def _realistic(out: Path, n: int, seed: int, photos: Path | None, size: int, workers: int) -> None:
+    """``--realistic``: :func:`forgeloc.data.realsynth.synthesize_real` over a folder of photos."""
+    from collections import Counter
+
+    from forgeloc.cli.common import fail
+    from forgeloc.data.io import IMAGE_EXTENSIONS
+    from forgeloc.data.realsynth import RealSynthConfig, synthesize_real
+
+    if photos is None or not photos.is_dir():
+        fail("--realistic needs --photos FOLDER of real photographs (e.g. `forgeloc corpus build --out DIR`, "
+             "then --photos DIR/photos)")
+    paths = sorted(p for p in photos.iterdir() if p.suffix.lower() in IMAGE_EXTENSIONS)
+    if len(paths) < 2:
+        fail(f"{photos}: --realistic needs at least two photos (a splice takes a donor), found {len(paths)}")
+    if size % 8:
+        fail(f"--size must be a multiple of 8 (samples keep their JPEG block grid), got {size}")
+    start = time.perf_counter()
+    dataset = synthesize_real(paths, out, n, seed=seed, cfg=RealSynthConfig(size=size), workers=max(1, workers))
+    kinds = Counter(json.loads(line)["kind"] for line in (out / "history.jsonl").read_text().splitlines())
+    console.print(f"{n} images from {len(paths)} photos in {time.perf_counter() - start:.1f} s: "
+                  + ", ".join(f"{k} {v}" for k, v in sorted(kinds.items())))
+    console.print(f"wrote {dataset} and history.jsonl (each sample's processing chain)")
 
 
 def register(app: typer.Typer) -> None:

@@ -253,3 +253,20 @@ def main() -> None:
 
 if __name__ == "__main__":
     main()
+
+
+def package(checkpoint: str | Path, dest: str | Path, extra: dict[str, Any]) -> Path:
+    """Write a trained GridNet checkpoint as a shippable detector folder: the same
+    ``model.safetensors`` and a ``config.json`` extended with ``extra`` (the fused cues, the
+    calibration, the model card's headline numbers)."""
+    import shutil
+
+    from forgeloc.checkpoint import atomic_write
+
+    src, dest = Path(checkpoint), Path(dest)
+    config = json.loads((src / "config.json").read_text())
+    config.update(extra)
+    dest.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(src / "model.safetensors", dest / "model.safetensors")
+    atomic_write(dest / "config.json", lambda p: p.write_text(json.dumps(config, indent=1, sort_keys=True)))
+    return dest

@@ -91,6 +91,11 @@ class Prediction:
     cues: dict[str, CueResult] = field(default_factory=dict)
     #: Which maps the heatmap fuses (``["model"]``, ``["model", "copymove"]``, ...).
     fused: list[str] = field(default_factory=lambda: ["model"])
+    #: The calibrated reading of ``score`` (one of :data:`VERDICTS`), or ``None`` for a model
+    #: without calibration.
+    verdict: str | None = None
+    #: What this model is and how far it has been validated, in one line (see :func:`model_label`).
+    model_label: str = ""
 
     @functools.cached_property
     def mask(self) -> np.ndarray:
@@ -134,6 +139,8 @@ class Prediction:
             "mode": self.mode,
             "windows": self.windows,
             "model": self.model,
+            "verdict": self.verdict,
+            "model_label": self.model_label,
             "streams": list(self.streams),
             "fused": list(self.fused),
             **({"cues": {k: c.to_dict() for k, c in self.cues.items()}} if self.cues else {}),
@@ -292,6 +299,33 @@ def load_image_input(item: Any, max_pixels: int = DEFAULT_MAX_PIXELS, name: str 
 
 
 
+#: The three readings of a calibrated image score, from least to most suspicious.
+VERDICTS = ("no evidence found", "inconclusive", "likely manipulated")
+
+
+def verdict_for(score: float, calibration: dict[str, Any] | None) -> str | None:
+    """The calibrated reading of an image score: below ``calibration["low"]`` "no evidence found",
+    from ``low`` to below ``high`` "inconclusive", from ``high`` on "likely manipulated".
+    ``None`` without a calibration (a model nobody calibrated gets no verdict in words)."""
+    if not calibration:
+        return None
+    if score >= float(calibration["high"]):
+        return VERDICTS[2]
+    return VERDICTS[1] if score >= float(calibration["low"]) else VERDICTS[0]
+
+
+def model_label(name: str, card: dict[str, Any] | None, train_kind: str | None = None) -> str:
+    """One line saying what the model is and how far it was validated, shown in every output.
+
+    A checkpoint with a model card (``config.json["card"]``) shows the card's headline; the
+    quickstart's demo model says so; any other checkpoint is an *unvalidated model*."""
+    if card and card.get("headline"):
+        return f"{card.get('title', name)}: {card['headline']}"
+    if train_kind == "quickstart" or name == "unet_baseline":
+        return f"{name} - demo model: trained for minutes on synthetic images, not for real cases"
+    return f"{name} - unvalidated model: no model card with measured numbers on real photos"
+
+
 #: Side of the windows a native-resolution model reads (a multiple of 8: windows stay on the grid).
 NATIVE_WINDOW = 2048
 #: Overlap of those windows (a multiple of 8), so that every block sees some context on all sides.
@@ -362,6 +396,8 @@ class Predictor:
         tile_overlap: fraction of the window shared by neighbouring tiles.
         max_pixels: images declaring more pixels are refused before decoding.
         info: free-form metadata shown in reports (checkpoint path, ...).
+        calibration: ``{"low": a, "high": b, ...}``: the image-score bands of :func:`verdict_for`
+            (recorded by a calibrated checkpoint; ``None``: no verdict in words).
         cues: training-free cues (:mod:`forgeloc.detectors`) to run on every image and report
             next to the model's map (``Prediction.cues``).
         fuse: cues whose maps are fused into the heatmap by the documented rule
@@ -383,6 +419,7 @@ class Predictor:
         info: dict[str, Any] | None = None,
         cues: Iterable[str] = (),
         fuse: Iterable[str] = (),
+        calibration: dict[str, Any] | None = None,
     ) -> None:
         from forgeloc.detectors import get_cue
         from forgeloc.metrics.image import IMAGE_SCORES
@@ -417,6 +454,12 @@ class Predictor:
         self.model_name = "+".join(self.fuse) if model is None else str(getattr(model, "model_name",
                                                                                    type(model).__name__))
         self.info = {"model": self.model_name, **(info or {})}
+        if calibration is not None and not 0.0 <= float(calibration["low"]) <= float(calibration["high"]) <= 1.0:
+            raise ValueError(f"calibration needs 0 <= low <= high <= 1, got {calibration}")
+        self.calibration = calibration
+        self.label = (f"{self.model_name}: training-free detector (its numbers on real photos: docs/detectors.md)"
+                      if model is None else model_label(self.model_name, self.info.get("card"),
+                                                        self.info.get("train_kind")))
         self.cues = tuple(dict.fromkeys([*self.fuse, *cues]))  # fused cues always run; order kept
         for name in self.cues:
             get_cue(name)  # unknown names fail now, not at the first image
@@ -460,7 +503,9 @@ class Predictor:
             tile_overlap=tile_overlap,
             max_pixels=max_pixels,
             info={"checkpoint": meta.get("checkpoint"), "epoch": meta.get("epoch"),
+                  "train_kind": (meta.get("train_config") or {}).get("kind"),
                   **({"card": meta["card"]} if isinstance(meta.get("card"), dict) else {})},
+            calibration=meta.get("calibration") if isinstance(meta.get("calibration"), dict) else None,
             cues=meta.get("cues", ()) if cues is None else cues,
             fuse=meta.get("fuse", ()) if fuse is None else fuse,
         )
@@ -469,6 +514,10 @@ class Predictor:
         """Model, checkpoint and settings, for reports and the web API."""
         return {
             **self.info,
+            "label": self.label,
+            "calibration": self.calibration,
+            "fused": list(self.fuse),
+            "cues": list(self.cues),
             "input_size": self.input_size,
             "input_mode": self.input_mode,
             "threshold": self.threshold,
@@ -650,6 +699,7 @@ class Predictor:
                 heatmap=heat, score=score, threshold=threshold, image=im.rgb, name=name,
                 source=_describe(item)[1], mode=chosen, score_source=source, model=self.model_name,
                 windows=windows, streams=streams, cues=cues, fused=fused,
+                verdict=verdict_for(score, self.calibration), model_label=self.label,
             )
 
     # -- native-resolution models (block-grid traces: never resized) -------------------------------

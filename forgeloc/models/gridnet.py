@@ -26,8 +26,8 @@ The coefficients come from one of two places:
   coefficients times their steps, read with :func:`forgeloc.data.jpeg.read_jpeg_stream`); these
   are exact, and the double-quantization traces of the host survive in them;
 * **the decoded pixels** otherwise (PNG, TIFF, arrays): a blockwise DCT of the luma on the grid
-  whose blocking artifacts are strongest (the grid of the last JPEG compression the pixels went
-  through, found per image from the mod-8 profile of neighbouring-pixel differences).
+  of the last JPEG compression the pixels went through, found per image as the phase whose DC
+  coefficients sit on a quantization lattice (:func:`estimate_grid_offset`).
 
 The network then works at block resolution (one pixel per 8×8 block): a 1×1 stem, an image-wide
 context vector (what "normal" looks like in this photo), a three-level U-Net, and a one-channel
@@ -78,29 +78,64 @@ def luma(image01: torch.Tensor) -> torch.Tensor:
     return 0.299 * r + 0.587 * g + 0.114 * b - 128.0
 
 
-def estimate_grid_offset(y: torch.Tensor) -> tuple[int, int]:
-    """The (row, column) phase of the 8×8 block grid of one luma image ``(1,1,H,W)``.
+#: Largest square (pixels) read to find the block grid: enough blocks, bounded time on big photos.
+GRID_SEARCH_SIDE = 1024
 
-    Blocking artifacts make the jump between neighbouring pixels larger across block boundaries
-    than inside blocks; the phase with the largest mean jump is where the blocks start. Returns
-    ``(0, 0)`` for an image too small or without a grid (the phases are then indistinguishable).
-    """
-    def phase(diff: torch.Tensor, dim: int) -> int:
+
+def _dc_lattice_scores(y: torch.Tensor) -> torch.Tensor:
+    """``(8, 8)`` scores, one per grid phase: how well the blocks' DC coefficients (8 × block mean)
+    sit on a lattice of some step 2…16, as they do on the grid of a past JPEG compression."""
+    dc = F.avg_pool2d(y, BLOCK, stride=1)[0, 0] * BLOCK  # DC of the block starting at each pixel
+    hb, wb = dc.shape[0] // BLOCK, dc.shape[1] // BLOCK
+    dc = dc[: hb * BLOCK, : wb * BLOCK].reshape(hb, BLOCK, wb, BLOCK).permute(1, 3, 0, 2).reshape(BLOCK, BLOCK, -1)
+    q = dc.new_tensor(range(2, 17)).view(1, 1, 1, -1)
+    ratio = dc.unsqueeze(-1) / q
+    gate = (ratio.abs() >= 0.5).to(dc.dtype)
+    score = (torch.cos(2 * math.pi * ratio) * gate).sum(2) / gate.sum(2).clamp_min(1.0)
+    return score.amax(-1)
+
+
+def _blockiness_phase(y: torch.Tensor) -> tuple[int, int] | None:
+    """Grid phase from blocking artifacts (larger jumps between neighbouring pixels across block
+    boundaries), or ``None`` when no phase stands out."""
+    def phase(diff: torch.Tensor, dim: int) -> int | None:
         n = diff.shape[dim] // BLOCK * BLOCK
         if n < 2 * BLOCK:
-            return 0
+            return None
         profile = diff.narrow(dim, 0, n).mean(dim=tuple(d for d in range(diff.ndim) if d != dim))
         per_phase = profile.reshape(-1, BLOCK).median(dim=0).values
         best = int(per_phase.argmax())
         rest = torch.cat([per_phase[:best], per_phase[best + 1:]])
-        if per_phase[best] <= 1.02 * rest.median():
-            return 0
-        # The jump between pixel p and p+1 is largest when a block starts at p+1.
-        return (best + 1) % BLOCK
+        if per_phase[best] <= 1.05 * rest.median():
+            return None
+        return (best + 1) % BLOCK  # the jump between pixel p and p+1 is largest when a block starts at p+1
 
-    d_row = (y[..., 1:, :] - y[..., :-1, :]).abs()
-    d_col = (y[..., :, 1:] - y[..., :, :-1]).abs()
-    return phase(d_row, 2), phase(d_col, 3)
+    rows = phase((y[..., 1:, :] - y[..., :-1, :]).abs(), 2)
+    cols = phase((y[..., :, 1:] - y[..., :, :-1]).abs(), 3)
+    return None if rows is None or cols is None else (rows, cols)
+
+
+def estimate_grid_offset(y: torch.Tensor) -> tuple[int, int]:
+    """The (row, column) phase of the 8×8 block grid of one luma image ``(1,1,H,W)``: where the
+    blocks of its last JPEG compression started.
+
+    First choice: the phase whose blocks' DC coefficients lie on a quantization lattice (robust
+    down to DC steps of 2, i.e. up to JPEG quality ≈ 90). Otherwise the phase of the strongest
+    blocking artifacts. Otherwise (0, 0): the photo shows no grid, and the phase does not matter.
+    Reads at most a central ``GRID_SEARCH_SIDE``² square.
+    """
+    H, W = y.shape[-2:]
+    top = max(0, (H - GRID_SEARCH_SIDE) // 2) // BLOCK * BLOCK
+    left = max(0, (W - GRID_SEARCH_SIDE) // 2) // BLOCK * BLOCK
+    crop = y[..., top: top + GRID_SEARCH_SIDE, left: left + GRID_SEARCH_SIDE]
+    if min(crop.shape[-2:]) < 4 * BLOCK:
+        return 0, 0
+    scores = _dc_lattice_scores(crop)
+    best = int(scores.argmax())
+    others = torch.cat([scores.flatten()[:best], scores.flatten()[best + 1:]])
+    if scores.flatten()[best] >= max(0.1, 2.0 * float(others.median())):
+        return best // BLOCK, best % BLOCK  # the crop starts on a multiple of 8: same phase
+    return _blockiness_phase(crop) or (0, 0)
 
 
 def block_dct(y: torch.Tensor, basis: torch.Tensor) -> torch.Tensor:
