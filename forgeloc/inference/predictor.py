@@ -332,17 +332,18 @@ NATIVE_WINDOW = 2048
 NATIVE_OVERLAP = 256
 
 
-def native_windows(height: int, width: int) -> list[tuple[int, int]]:
-    """Top-left corners of the block-aligned windows covering an image (one window when it fits)."""
-    def starts(length: int) -> list[int]:
+def native_windows(height: int, width: int) -> list[tuple[slice, slice]]:
+    """Block-aligned windows covering an image: one window when it fits, else windows of
+    ``NATIVE_WINDOW`` pixels overlapping by ``NATIVE_OVERLAP``, the last one of each row/column
+    stretched (by fewer than 8 pixels) to reach the far edge."""
+    def spans(length: int) -> list[slice]:
         if length <= NATIVE_WINDOW:
-            return [0]
+            return [slice(0, length)]
         step = NATIVE_WINDOW - NATIVE_OVERLAP
-        out = list(range(0, length - NATIVE_WINDOW, step))
-        out.append((length - NATIVE_WINDOW) // 8 * 8)  # the last window reaches the far edge
-        return sorted(set(out))
+        starts = sorted({*range(0, length - NATIVE_WINDOW, step), (length - NATIVE_WINDOW) // 8 * 8})
+        return [slice(a, length if a == starts[-1] else a + NATIVE_WINDOW) for a in starts]
 
-    return [(y, x) for y in starts(height) for x in starts(width)]
+    return [(ys, xs) for ys in spans(height) for xs in spans(width)]
 
 
 def fuse_maps(
@@ -734,11 +735,10 @@ class Predictor:
         heat = np.zeros((H, W), np.float32)
         count = np.zeros((H, W), np.float32)
         windows = 0
-        for y0, x0 in native_windows(H, W):
-            y1, x1 = min(H, y0 + NATIVE_WINDOW), min(W, x0 + NATIVE_WINDOW)
-            sub = None if dct is None else dct[:, y0 // 8: -(-y1 // 8), x0 // 8: -(-x1 // 8)]
-            heat[y0:y1, x0:x1] += self._forward_native(image.rgb[y0:y1, x0:x1], sub)
-            count[y0:y1, x0:x1] += 1
+        for ys, xs in native_windows(H, W):
+            sub = None if dct is None else dct[:, ys.start // 8: -(-ys.stop // 8), xs.start // 8: -(-xs.stop // 8)]
+            heat[ys, xs] += self._forward_native(image.rgb[ys, xs], sub)
+            count[ys, xs] += 1
             windows += 1
         heat /= count
         return heat, self._reduce(heat), self.image_score, windows, ["jpeg_dct" if dct is not None else "pixels"]

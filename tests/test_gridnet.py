@@ -1,0 +1,98 @@
+"""GridNet's inputs: the JPEG stream agrees with the pixels, the grid is found, shapes hold."""
+
+from __future__ import annotations
+
+import io
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+import forgeloc
+from forgeloc.data.jpeg import dct_grid
+from forgeloc.data.transforms import normalize
+from forgeloc.engine.gridnet_training import _flip_coefficients
+from forgeloc.inference.predictor import NATIVE_WINDOW, native_windows
+from forgeloc.models.gridnet import _dct_basis, block_dct, estimate_grid_offset, luma
+
+pytest.importorskip("jpeglib")
+
+
+def _photo(size: int = 256) -> np.ndarray:
+    from skimage import data
+
+    img = data.astronaut()
+    return np.ascontiguousarray(img[:size, :size])
+
+
+def _jpeg(img: np.ndarray, quality: int) -> bytes:
+    buf = io.BytesIO()
+    Image.fromarray(img).save(buf, "JPEG", quality=quality, subsampling=0)
+    return buf.getvalue()
+
+
+def _luma(img: np.ndarray) -> torch.Tensor:
+    return luma(torch.from_numpy(np.array(img)).permute(2, 0, 1)[None].float())
+
+
+def test_file_coefficients_agree_with_the_decoded_pixels():
+    data = _jpeg(_photo(), 85)
+    decoded = np.asarray(Image.open(io.BytesIO(data)).convert("RGB"))
+    from_file = torch.from_numpy(dct_grid(data, 256, 256))[None]
+    from_pixels = block_dct(_luma(decoded), _dct_basis())
+    diff = (from_file - from_pixels).abs()
+    # The pixels are the file's coefficients after the inverse DCT, rounding and colour conversion:
+    # they agree to well under one quantization step on average.
+    assert diff.mean() < 0.5
+    assert torch.quantile(diff.flatten(), 0.99) < 3.0
+
+
+def test_png_bytes_have_no_jpeg_stream():
+    buf = io.BytesIO()
+    Image.fromarray(_photo()).save(buf, "PNG")
+    assert dct_grid(buf.getvalue(), 256, 256) is None
+
+
+@pytest.mark.parametrize("shift", [(0, 0), (3, 5), (7, 1)])
+def test_grid_offset_of_a_cropped_jpeg_is_found(shift):
+    dy, dx = shift
+    decoded = np.asarray(Image.open(io.BytesIO(_jpeg(_photo(264), 80))).convert("RGB"))
+    cropped = decoded[dy:dy + 256, dx:dx + 256]
+    # The blocks of the compression now start at (8 - dy) % 8, (8 - dx) % 8 of the crop.
+    assert estimate_grid_offset(_luma(cropped)) == ((8 - dy) % 8, (8 - dx) % 8)
+
+
+def test_flipping_coefficients_equals_flipping_pixels():
+    decoded = np.asarray(Image.open(io.BytesIO(_jpeg(_photo(), 90))).convert("RGB"))
+    basis = _dct_basis()
+    coef = block_dct(_luma(decoded), basis)[0].numpy()
+    for axis in (0, 1):
+        flipped = np.ascontiguousarray(np.flip(decoded, axis))
+        expected = block_dct(_luma(flipped), basis)[0].numpy()
+        np.testing.assert_allclose(_flip_coefficients(coef, axis + 1), expected, atol=1e-3)
+
+
+@pytest.mark.parametrize("size", [(64, 64), (100, 77), (13, 9)])
+def test_forward_any_size_with_and_without_the_stream(size):
+    model = forgeloc.create_model("gridnet_tiny").eval()
+    h, w = size
+    img = np.random.default_rng(0).integers(0, 255, (h, w, 3), dtype=np.uint8)
+    batch = {"image": normalize(img)[None]}
+    with torch.no_grad():
+        out = model(batch)
+        assert out["pred_mask"].shape == (1, 1, h, w)
+        dct = torch.zeros(1, 64, -(-h // 8), -(-w // 8))
+        out2 = model({**batch, "dct": dct, "dct_valid": torch.tensor([True])})
+    assert out2["pred_mask"].shape == (1, 1, h, w)
+    assert torch.isfinite(out2["pred_mask"]).all()
+
+
+def test_native_windows_cover_large_images_on_the_grid():
+    for h, w in [(100, 100), (NATIVE_WINDOW + 1, 5000), (9000, 3000)]:
+        cover = np.zeros((h, w), bool)
+        for ys, xs in native_windows(h, w):
+            assert ys.start % 8 == 0 and xs.start % 8 == 0
+            assert ys.stop - ys.start < NATIVE_WINDOW + 8 and xs.stop - xs.start < NATIVE_WINDOW + 8
+            cover[ys, xs] = True
+        assert cover.all()
