@@ -2,7 +2,8 @@
 
 Checkpoints are untrusted data. forgeloc reads:
 
-* **safetensors** files (our own format; also what ``forgeloc convert`` writes);
+* **safetensors** files (our own format; also what ``forgeloc convert`` writes). They are
+  recognised by their content too, whatever their suffix;
 * **forgeloc checkpoint folders** (``model.safetensors`` + ``config.json``, written by the trainer);
 * the authors' **PyTorch ``.pth`` files**. These are pickles. They are first opened with
   ``torch.load(weights_only=True)`` and a short allow-list of harmless types (an argparse
@@ -11,10 +12,22 @@ Checkpoints are untrusted data. forgeloc reads:
   reads the pickle with an unpickler that imports nothing: every class or function it names
   becomes an inert placeholder that records its arguments and state, tensors are rebuilt from
   their raw storages, and a pickled module tree is walked (``_parameters`` / ``_buffers`` /
-  ``_modules``) to recover its state dict. Nothing named by the file is ever imported or called.
+  ``_modules``) to recover its state dict. Nothing named by the file is ever imported or called;
+  names that could run code (``os.system``, ``builtins.eval``, ...) are reported in a warning.
+
+A pickle can also ask for far more memory than it holds. Before ``torch.load`` or the restricted
+reader materialise anything, the file is *scanned*: the pickle is read with the restricted
+unpickler over zero-byte ("meta") storages, every tensor's extent (the furthest element its size,
+stride and offset reach) is checked against the storage it views, the bytes all tensors would take
+are capped at :data:`MATERIALISE_FACTOR` times the file size (plus :data:`MATERIALISE_SLACK`), and
+the number of objects the pickle builds from its own memo is capped by its length. Zip archives
+with compressed members are refused (``torch.save`` never compresses; a deflated member can expand
+without bound), and so are archives whose members claim more bytes than the file holds. Every
+failure to parse a file becomes a :class:`CheckpointError` that names it.
 
 Writes are atomic (temporary file in the same folder, ``fsync``, ``os.replace``), so a killed
-process never leaves a truncated checkpoint behind.
+process never leaves a truncated checkpoint behind; the new file gets the usual ``0o666 & ~umask``
+permissions.
 """
 
 from __future__ import annotations
@@ -22,20 +35,26 @@ from __future__ import annotations
 import _compat_pickle
 import argparse
 import collections
+import contextlib
 import io
 import json
+import logging
+import math
+import mmap
 import os
 import pickle
+import struct
 import tempfile
 import zipfile
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 from safetensors.torch import load_file as _load_safetensors
 from safetensors.torch import save_file as _save_safetensors
 from torch import nn
+from torch.overrides import TorchFunctionMode
 
 __all__ = [
     "CheckpointError",
@@ -49,11 +68,35 @@ __all__ = [
     "save_state_dict",
 ]
 
+log = logging.getLogger(__name__)
+
 MODEL_FILE = "model.safetensors"
 CONFIG_FILE = "config.json"
 
 # Keys under which training scripts of the field store the model's state dict, most specific first.
 _STATE_DICT_KEYS = ("model", "state_dict", "model_state_dict", "net", "network", "module")
+
+# The tensors of a pickled checkpoint may take at most this many times the file's size (plus the
+# slack): a genuine file stores every tensor's data, and views of one storage rarely add up to more.
+MATERIALISE_FACTOR = 4
+MATERIALISE_SLACK = 16 << 20
+# A pickle may build at most this many times its length in container elements and call arguments
+# (copies of memoised objects are the way a small pickle asks for a lot of memory).
+_PICKLE_UNIT_FACTOR = 4
+_PICKLE_UNIT_SLACK = 1 << 20
+_MAX_TENSOR_DIMS = 64
+# config.json: bigger files, input sizes and deeper option values than these are not ours.
+_MAX_CONFIG_BYTES = 64 << 20
+MAX_INPUT_SIZE = 8192
+_MAX_OPTION_DEPTH = 4
+_MAX_OPTION_ITEMS = 4096
+# Building a model from a config.json may request at most this multiple of its weights file's size
+# (plus the slack) in tensors: a config that asks for more describes another model.
+_BUILD_FACTOR = 4
+_BUILD_SLACK = 256 << 20
+
+_LEGACY_MAGIC = 0x1950A86A20F9469CFC6C
+_LEGACY_PROTOCOL = 1001
 
 
 class CheckpointError(RuntimeError):
@@ -63,12 +106,27 @@ class CheckpointError(RuntimeError):
 # --------------------------------------------------------------------------------------------------
 # Atomic writes
 # --------------------------------------------------------------------------------------------------
+def _current_umask() -> int:
+    """The process umask, read without changing it where /proc allows (os.umask sets it to read it)."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as fh:
+            for line in fh:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
 def atomic_write(path: str | Path, write: Callable[[Path], None]) -> Path:
     """Call ``write(tmp_path)`` and move the result to ``path`` atomically.
 
     The temporary file lives in the destination folder (``os.replace`` is atomic only within one
     file system) and is fsynced before the rename, so ``path`` is either the old file or the
-    complete new one, never a partial write.
+    complete new one, never a partial write. ``mkstemp`` creates it private (0600); before the
+    rename it gets the mode any new file would get, ``0o666 & ~umask``.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -77,6 +135,7 @@ def atomic_write(path: str | Path, write: Callable[[Path], None]) -> Path:
     tmp_path = Path(tmp)
     try:
         write(tmp_path)
+        os.chmod(tmp_path, 0o666 & ~_current_umask())
         with open(tmp_path, "rb") as fh:
             os.fsync(fh.fileno())
         os.replace(tmp_path, path)
@@ -169,41 +228,34 @@ _STORAGE_DTYPES = {
     "BoolStorage": torch.bool,
     "ComplexFloatStorage": torch.complex64,
     "ComplexDoubleStorage": torch.complex128,
+    "QUInt8Storage": torch.quint8,
+    "QInt8Storage": torch.qint8,
+    "QInt32Storage": torch.qint32,
+    "QUInt4x2Storage": torch.quint4x2,
+    "QUInt2x4Storage": torch.quint2x4,
 }
+# Dry scans only need sizes: meta storages use a plain dtype of the same width.
+_SHADOW_DTYPES = {1: torch.uint8, 2: torch.int16, 4: torch.int32, 8: torch.int64, 16: torch.complex128}
 
 
 class _StorageType:
     def __init__(self, dtype: torch.dtype) -> None:
         self.dtype = dtype
 
+    def __repr__(self) -> str:
+        return f"<storage of {self.dtype}>"
 
-def _rebuild_tensor(storage: torch.Tensor, offset: int, size: Any, stride: Any, *_: Any, **__: Any) -> torch.Tensor:
-    return torch.as_strided(storage, tuple(size), tuple(stride), offset).clone()
+
+def _storage_type(module: str, name: str) -> _StorageType | None:
+    if module in ("torch", "torch.cuda") and name in _STORAGE_DTYPES:
+        return _StorageType(_STORAGE_DTYPES[name])
+    if module == "torch.storage" and name == "UntypedStorage":  # torch.save's storage for newer dtypes
+        return _StorageType(torch.uint8)
+    return None
 
 
 def _rebuild_parameter(data: Any, *_: Any, **__: Any) -> Any:
     return data
-
-
-def _safe_global(module: str, name: str) -> Any:
-    """The allow-list: harmless callables a checkpoint may legitimately name."""
-    if module == "torch._utils" and name in ("_rebuild_tensor_v2", "_rebuild_tensor"):
-        return _rebuild_tensor
-    if module == "torch._utils" and name in ("_rebuild_parameter", "_rebuild_parameter_with_state"):
-        return _rebuild_parameter
-    if module == "collections" and name == "OrderedDict":
-        return collections.OrderedDict
-    if module == "torch" and name in _STORAGE_DTYPES:
-        return _StorageType(_STORAGE_DTYPES[name])
-    if module == "torch" and isinstance(getattr(torch, name, None), torch.dtype):
-        return getattr(torch, name)
-    if module == "torch" and name == "Size":
-        return torch.Size
-    if module == "builtins" and name in ("set", "frozenset", "slice", "complex", "tuple", "list", "dict"):
-        return getattr(__import__("builtins"), name)
-    if module == "_codecs" and name == "encode":
-        return _latin1_encode
-    return None
 
 
 def _latin1_encode(text: str, encoding: str = "latin1") -> bytes:
@@ -212,13 +264,176 @@ def _latin1_encode(text: str, encoding: str = "latin1") -> bytes:
     return text.encode("latin1")
 
 
-class _RestrictedUnpickler(pickle.Unpickler):
-    def __init__(self, file: io.BufferedIOBase, read_record: Callable[[str], bytes]) -> None:
-        super().__init__(file, encoding="utf-8")
-        self._read_record = read_record
-        self._storages: dict[str, torch.Tensor] = {}
-        self.inert_names: set[str] = set()
+# Names a pickle has no business naming: calling any of them could run code or touch the system.
+# They are never called (every name outside the allow-list becomes an inert placeholder); a file that
+# names them is reported.
+_EXECUTABLE_MODULES = frozenset({
+    "os", "posix", "nt", "subprocess", "sys", "shutil", "runpy", "socket", "pty", "pickle", "_pickle",
+    "marshal", "ctypes", "importlib", "code", "codeop", "bdb", "pdb", "asyncio", "webbrowser", "http",
+    "httplib", "urllib", "urllib2", "requests", "aiohttp", "venv", "pip", "ensurepip", "multiprocessing",
+    "signal", "commands", "popen2", "cProfile", "profile", "timeit", "trace", "pydoc", "shelve", "dill",
+    "cloudpickle", "joblib", "setuptools", "distutils",
+})
+_EXECUTABLE_SUBMODULES = (
+    "torch.hub", "torch.jit", "torch.serialization", "torch.package", "torch.utils.cpp_extension",
+    "torch._inductor", "torch._dynamo", "numpy.testing", "numpy.f2py",
+)
+_EXECUTABLE_NAMES = {
+    "builtins": frozenset({
+        "eval", "exec", "execfile", "compile", "open", "__import__", "getattr", "setattr", "delattr",
+        "globals", "locals", "vars", "breakpoint", "input", "apply", "exit", "quit", "help",
+    }),
+    "io": frozenset({"open", "open_code", "FileIO"}),
+    "_io": frozenset({"open", "open_code", "FileIO"}),
+    "operator": frozenset({"attrgetter", "methodcaller"}),
+    "types": frozenset({"FunctionType", "LambdaType", "CodeType", "MethodType", "ModuleType"}),
+    "functools": frozenset({"partial", "reduce"}),
+    "torch": frozenset({"load", "save", "compile"}),
+    "numpy": frozenset({"load", "fromfile", "loadtxt"}),
+}
 
+
+def _can_execute(module: str, name: str) -> bool:
+    if module in _EXECUTABLE_NAMES:
+        return name in _EXECUTABLE_NAMES[module]
+    if module.split(".")[0] in _EXECUTABLE_MODULES:
+        return True
+    return any(module == m or module.startswith(m + ".") for m in _EXECUTABLE_SUBMODULES)
+
+
+def _short(value: Any, limit: int = 200) -> str:
+    """``str(value)`` for an error message: never raising, never long."""
+    try:
+        text = value if isinstance(value, str) else str(value)
+    except Exception:
+        text = f"<unprintable {type(value).__name__}>"
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _materialise_limit(file_size: int) -> int:
+    return MATERIALISE_FACTOR * file_size + MATERIALISE_SLACK
+
+
+def _sized(value: Any) -> int:
+    try:
+        return max(len(value), 1)
+    except Exception:  # not sized, or a 0-d tensor
+        return 1
+
+
+StorageResolver = Callable[[Any], "tuple[Any, str]"]
+
+# The pure-Python unpickler: its memo is a dict (the C unpickler grows an array to the largest memo
+# index a pickle names: 9 bytes can ask for gigabytes), it reads no more than its input holds, and
+# its opcodes can be hooked to count what a pickle copies.
+_PyUnpickler: Any = pickle._Unpickler  # type: ignore[attr-defined]
+
+
+class _RestrictedUnpickler(_PyUnpickler):
+    """Unpickles without importing anything; see the module docstring.
+
+    ``storages(pid) -> (tensor, name)`` resolves a persistent id to the storage a tensor views. With
+    ``dry`` the storages are meta tensors, nothing is materialised, and every rebuilt tensor is
+    recorded in :attr:`tensors` (with what is wrong with it) for :func:`_check_tensors`.
+    """
+
+    dispatch: ClassVar[dict[int, Callable[..., None]]] = dict(_PyUnpickler.dispatch)
+
+    def __init__(
+        self, file: Any, storages: StorageResolver, *, length: int, dry: bool, byte_limit: int
+    ) -> None:
+        super().__init__(file, encoding="utf-8")
+        self._resolve_storage = storages
+        self._dry = dry
+        self._byte_limit = byte_limit
+        self._unit_limit = _PICKLE_UNIT_FACTOR * length + _PICKLE_UNIT_SLACK
+        self._units = 0
+        self._storage_names: dict[int, str] = {}
+        self.materialised = 0
+        self.tensors: list[tuple[torch.Tensor, dict[str, Any]]] = []
+        self.inert_names: set[str] = set()
+        self.named: set[tuple[str, str]] = set()
+
+    # ---- bounding what a pickle can copy ---------------------------------------------------------
+    def _spend(self, units: int) -> None:
+        self._units += units
+        if self._units > self._unit_limit:
+            raise pickle.UnpicklingError(
+                "the pickle builds far more objects than it holds (repeated copies of memoised objects)"
+            )
+
+    def _load_reduce(self) -> None:
+        if self.stack:
+            self._spend(_sized(self.stack[-1]))
+        _PyUnpickler.load_reduce(self)
+
+    def _load_newobj(self) -> None:
+        if self.stack:
+            self._spend(_sized(self.stack[-1]))
+        _PyUnpickler.load_newobj(self)
+
+    def _load_newobj_ex(self) -> None:
+        if len(self.stack) >= 2:
+            self._spend(_sized(self.stack[-1]) + _sized(self.stack[-2]))
+        _PyUnpickler.load_newobj_ex(self)
+
+    def _load_build(self) -> None:
+        if len(self.stack) < 2:
+            raise pickle.UnpicklingError("BUILD without an object")
+        state, inst = self.stack[-1], self.stack[-2]
+        # Module placeholders and OrderedDicts (a state dict's ``_metadata``) take a state in genuine
+        # checkpoints; a tensor's __setstate__ would call set_() and resize its storage.
+        if not isinstance(inst, (InertObject, collections.OrderedDict)):
+            raise pickle.UnpicklingError(f"the pickle sets the state of a {type(inst).__name__}")
+        parts = state if isinstance(state, tuple) else (state,)
+        self._spend(sum(_sized(p) for p in parts))
+        _PyUnpickler.load_build(self)
+
+    def _load_setitem(self) -> None:
+        if len(self.stack) < 3 or not isinstance(self.stack[-3], (dict, InertObject)):
+            raise pickle.UnpicklingError("SETITEM on something other than a dict")
+        _PyUnpickler.load_setitem(self)
+
+    def _load_setitems(self) -> None:
+        items = self.pop_mark()
+        if not self.stack or not isinstance(self.stack[-1], (dict, InertObject)):
+            raise pickle.UnpicklingError("SETITEMS on something other than a dict")  # e.g. a tensor's __setitem__
+        target = self.stack[-1]
+        for i in range(0, len(items), 2):  # an odd count: IndexError, as in pickle
+            target[items[i]] = items[i + 1]
+
+    def _refuse_buffers(self) -> None:
+        raise pickle.UnpicklingError("protocol-5 buffers are not used by checkpoints")
+
+    dispatch[pickle.REDUCE[0]] = _load_reduce
+    dispatch[pickle.NEWOBJ[0]] = _load_newobj
+    dispatch[pickle.NEWOBJ_EX[0]] = _load_newobj_ex
+    dispatch[pickle.BUILD[0]] = _load_build
+    dispatch[pickle.SETITEM[0]] = _load_setitem
+    dispatch[pickle.SETITEMS[0]] = _load_setitems
+    dispatch[pickle.BYTEARRAY8[0]] = _refuse_buffers
+    dispatch[pickle.NEXT_BUFFER[0]] = _refuse_buffers
+    dispatch[pickle.READONLY_BUFFER[0]] = _refuse_buffers
+
+    def _counted(self, fn: Callable[..., Any]) -> Callable[..., Any]:
+        """An allow-listed callable that copies its arguments: charge the copy to the budget."""
+
+        def call(*args: Any, **kwargs: Any) -> Any:
+            for value in (*args, *kwargs.values()):
+                if isinstance(value, (torch.Tensor, InertObject)):
+                    raise pickle.UnpicklingError(
+                        f"the pickle applies {getattr(fn, '__name__', 'a builtin')} to a {type(value).__name__}"
+                    )
+                self._spend(_sized(value))
+            return fn(*args, **kwargs)
+
+        return call
+
+    # ---- names -----------------------------------------------------------------------------------
     def find_class(self, module: str, name: str) -> Any:
         # Protocol-2 pickles (torch.save's default) use Python 2 names such as ``__builtin__.set``;
         # translate them as pickle's own find_class does, so allow-listed types are recognised.
@@ -226,70 +441,516 @@ class _RestrictedUnpickler(pickle.Unpickler):
             module, name = _compat_pickle.NAME_MAPPING[(module, name)]
         elif module in _compat_pickle.IMPORT_MAPPING:
             module = _compat_pickle.IMPORT_MAPPING[module]
-        safe = _safe_global(module, name)
+        safe = self._safe_global(module, name)
         if safe is not None:
             return safe
         self.inert_names.add(f"{module}.{name}")
+        self.named.add((module, name))
         return _inert_class(module, name)
 
+    def _safe_global(self, module: str, name: str) -> Any:
+        """The allow-list: harmless callables a checkpoint may legitimately name."""
+        if module == "torch._utils":
+            if name in ("_rebuild_tensor_v2", "_rebuild_tensor"):
+                return self._rebuild_tensor
+            if name == "_rebuild_tensor_v3":
+                return self._rebuild_tensor_v3
+            if name in ("_rebuild_parameter", "_rebuild_parameter_with_state"):
+                return _rebuild_parameter
+        if module == "torch._tensor" and name == "_rebuild_from_type_v2":
+            return self._rebuild_from_type_v2
+        if module == "collections" and name == "OrderedDict":
+            return self._counted(collections.OrderedDict)
+        storage_type = _storage_type(module, name)
+        if storage_type is not None:
+            return storage_type
+        if module == "torch":
+            value = vars(torch).get(name)  # never torch's lazy __getattr__ (it imports submodules)
+            if isinstance(value, torch.dtype):
+                return value
+            if name == "Size":
+                return self._counted(torch.Size)
+        if module == "builtins" and name in ("set", "frozenset", "tuple", "list", "dict"):
+            return self._counted(getattr(__import__("builtins"), name))
+        if module == "builtins" and name in ("slice", "complex"):
+            return getattr(__import__("builtins"), name)
+        if module == "_codecs" and name == "encode":
+            return self._counted(_latin1_encode)
+        return None
+
+    # ---- storages and tensors --------------------------------------------------------------------
     def persistent_load(self, pid: Any) -> Any:
-        if not (isinstance(pid, tuple) and pid and pid[0] == "storage" and len(pid) >= 3):
-            raise pickle.UnpicklingError(f"unsupported persistent id {pid!r}")
-        storage_type, key = pid[1], str(pid[2])
-        dtype = storage_type.dtype if isinstance(storage_type, _StorageType) else None
-        if dtype is None:
-            raise pickle.UnpicklingError(f"unsupported storage type {storage_type!r}")
-        if key not in self._storages:
-            raw = bytearray(self._read_record(key))
-            self._storages[key] = torch.frombuffer(raw, dtype=dtype) if raw else torch.empty(0, dtype=dtype)
-        return self._storages[key]
+        storage, name = self._resolve_storage(pid)
+        self._storage_names[id(storage)] = name
+        return storage
+
+    def _rebuild_tensor(self, storage: Any, offset: Any, size: Any, stride: Any, *_: Any, **__: Any) -> Any:
+        return self._tensor(storage, offset, size, stride, self._storage_names.get(id(storage), "?"))
+
+    def _rebuild_tensor_v3(
+        self, storage: Any, offset: Any, size: Any, stride: Any, _requires_grad: Any = False,
+        _hooks: Any = None, dtype: Any = None, *_: Any, **__: Any,
+    ) -> Any:
+        if not isinstance(dtype, torch.dtype) or not isinstance(storage, torch.Tensor):
+            raise pickle.UnpicklingError("_rebuild_tensor_v3 without a storage and a dtype")
+        name = self._storage_names.get(id(storage), "?")
+        target = _SHADOW_DTYPES.get(dtype.itemsize, dtype) if self._dry else dtype
+        if storage.dtype != target:
+            if storage.element_size() != 1 or storage.numel() % dtype.itemsize:
+                raise pickle.UnpicklingError(f"storage {name!r} does not hold whole {dtype} elements")
+            storage = storage.view(target)
+        return self._tensor(storage, offset, size, stride, name)
+
+    def _rebuild_from_type_v2(self, func: Any, new_type: Any, args: Any, state: Any) -> Any:
+        # A tensor with Python attributes: rebuild the plain tensor, drop the attributes.
+        if getattr(func, "__self__", None) is self and isinstance(args, tuple):
+            self._spend(len(args))
+            return func(*args)
+        self.inert_names.add("torch._tensor._rebuild_from_type_v2")
+        return _inert_class("torch._tensor", "_rebuild_from_type_v2")(func, new_type, args, state)
+
+    @staticmethod
+    def _dims(value: Any, what: str) -> tuple[int, ...]:
+        if not isinstance(value, (tuple, list)) or len(value) > _MAX_TENSOR_DIMS:
+            raise pickle.UnpicklingError(f"a tensor {what} must be a tuple of at most {_MAX_TENSOR_DIMS} numbers")
+        if not all(_is_int(v) and 0 <= v < 2**63 for v in value):
+            raise pickle.UnpicklingError(f"a tensor {what} holds something other than numbers from 0 to 2**63")
+        return tuple(value)
+
+    def _tensor(self, storage: Any, offset: Any, size: Any, stride: Any, name: str) -> Any:
+        if not isinstance(storage, torch.Tensor):
+            raise pickle.UnpicklingError(f"a tensor over a {type(storage).__name__}, not a storage")
+        size, stride = self._dims(size, "size"), self._dims(stride, "stride")
+        if len(size) != len(stride) or not _is_int(offset) or not 0 <= offset < 2**63:
+            raise pickle.UnpicklingError(f"a tensor with size {size}, stride {stride} and offset {_short(offset)}")
+        numel = math.prod(size)
+        extent = 0 if numel == 0 else offset + sum((n - 1) * s for n, s in zip(size, stride, strict=True)) + 1
+        nbytes = numel * storage.element_size()
+        problem = None
+        if extent > storage.numel():
+            problem = f"reaches element {extent:,} of storage {name!r}, which holds {storage.numel():,}"
+        self.materialised += nbytes
+        if self._dry:
+            ok = problem is None and numel < 2**62
+            tensor = torch.as_strided(storage, size, stride, offset) if ok else storage[:0]
+            info = {"size": size, "stride": stride, "offset": offset, "nbytes": nbytes, "storage": name,
+                    "problem": problem}
+            self.tensors.append((tensor, info))
+            return tensor
+        if problem is not None:
+            raise pickle.UnpicklingError(f"a tensor of size {size} and stride {stride} {problem}")
+        if self.materialised > self._byte_limit:
+            raise pickle.UnpicklingError(f"the tensors would take more than {self._byte_limit:,} bytes")
+        return torch.as_strided(storage, size, stride, offset).clone()
+
+
+def _no_storage(pid: Any) -> tuple[Any, str]:
+    raise pickle.UnpicklingError(f"unexpected persistent id {_short(pid)}")
+
+
+def _storage_pid(pid: Any, length: int) -> tuple[torch.dtype, str]:
+    if not (isinstance(pid, tuple) and len(pid) >= length and pid[0] == "storage"):
+        raise pickle.UnpicklingError(f"unsupported persistent id {_short(pid)}")
+    storage_type, key = pid[1], pid[2]
+    if not isinstance(storage_type, _StorageType):
+        raise pickle.UnpicklingError(f"unsupported storage type {_short(storage_type)}")
+    if not isinstance(key, (str, int)) or isinstance(key, bool):
+        raise pickle.UnpicklingError(f"unsupported storage key {_short(key)}")
+    return storage_type.dtype, str(key)
+
+
+class _ZipStorages:
+    """Storages of a torch.save zip archive: its ``data/<key>`` records (meta tensors when dry)."""
+
+    def __init__(self, zf: zipfile.ZipFile, prefix: str, dry: bool) -> None:
+        self.zf, self.prefix, self.dry = zf, prefix, dry
+        self.cache: dict[tuple[str, torch.dtype], torch.Tensor] = {}
+
+    def __call__(self, pid: Any) -> tuple[torch.Tensor, str]:
+        dtype, key = _storage_pid(pid, 3)
+        record = f"{self.prefix}data/{key}"
+        cached = self.cache.get((key, dtype))
+        if cached is not None:
+            return cached, record
+        try:
+            info = self.zf.getinfo(record)
+        except KeyError:
+            raise pickle.UnpicklingError(f"the archive has no record {record!r}") from None
+        if info.file_size % dtype.itemsize:
+            raise pickle.UnpicklingError(
+                f"record {record!r} ({info.file_size} bytes) does not hold whole {dtype} elements"
+            )
+        if self.dry:
+            tensor = torch.empty(info.file_size // dtype.itemsize, dtype=_SHADOW_DTYPES.get(dtype.itemsize, dtype),
+                                 device="meta")
+        else:
+            raw = bytearray(self.zf.read(record))
+            tensor = torch.frombuffer(raw, dtype=dtype) if raw else torch.empty(0, dtype=dtype)
+        self.cache[(key, dtype)] = tensor
+        return tensor, record
+
+
+class _LegacyStorages:
+    """Storages of a legacy (pre-1.6) torch.save file, as the pickle declares them (dry scans only)."""
+
+    def __init__(self) -> None:
+        self.roots: dict[str, torch.Tensor] = {}
+        self.views: dict[str, torch.Tensor] = {}
+
+    def __call__(self, pid: Any) -> tuple[Any, str]:
+        if isinstance(pid, tuple) and pid and pid[0] == "module":  # a whole-model pickle's source record
+            return _inert_class("torch.serialization", "legacy_module")(), "module"
+        dtype, key = _storage_pid(pid, 6)
+        numel, view = pid[4], pid[5]
+        if not _is_int(numel) or not 0 <= numel < 2**62:
+            raise pickle.UnpicklingError(f"storage {key!r} declares {_short(numel)} elements")
+        root = self.roots.get(key)
+        if root is None:
+            root = torch.empty(numel, dtype=_SHADOW_DTYPES.get(dtype.itemsize, dtype), device="meta")
+            self.roots[key] = root
+        elif root.numel() != numel or root.element_size() != dtype.itemsize:
+            raise pickle.UnpicklingError(f"storage {key!r} is declared twice with different sizes")
+        if view is None:
+            return root, key
+        if not (isinstance(view, tuple) and len(view) == 3 and _is_int(view[1]) and _is_int(view[2])):
+            raise pickle.UnpicklingError(f"unsupported storage view {_short(view)}")
+        view_key, offset, length = str(view[0]), view[1], view[2]
+        if offset < 0 or length < 0 or offset + length > numel:
+            raise pickle.UnpicklingError(f"storage view {view_key!r} lies outside storage {key!r}")
+        if view_key not in self.views:
+            self.views[view_key] = root[offset : offset + length]
+        return self.views[view_key], f"{key}[{offset}:{offset + length}]"
+
+
+def _unpickle(
+    file: Any, storages: StorageResolver, source: Path, *, length: int, dry: bool, byte_limit: int
+) -> tuple[Any, _RestrictedUnpickler]:
+    unpickler = _RestrictedUnpickler(file, storages, length=length, dry=dry, byte_limit=byte_limit)
+    try:
+        obj = unpickler.load()
+    except CheckpointError:
+        raise
+    except Exception as err:  # a malformed pickle can raise almost anything: KeyError, IndexError, ...
+        raise CheckpointError(f"{source}: could not be read ({type(err).__name__}: {_short(err)})") from err
+    return obj, unpickler
+
+
+# --------------------------------------------------------------------------------------------------
+# Naming the tensors of an object graph (for messages about them)
+# --------------------------------------------------------------------------------------------------
+_TREE_KEYS = frozenset({"_parameters", "_buffers", "_modules"})
+
+
+def _label(key: Any) -> str:
+    return key if isinstance(key, str) else _short(key, 40)
+
+
+def _children(node: Any) -> list[tuple[str | None, Any]]:
+    """(label, child) pairs of a container or placeholder; ``None``: the child shares the parent's name."""
+    if isinstance(node, Mapping):
+        return [(None if k in _TREE_KEYS else _label(k), v) for k, v in node.items()]
+    if isinstance(node, (list, tuple)):
+        return [(f"[{i}]", v) for i, v in enumerate(node)]
+    if isinstance(node, InertObject):
+        d = node.__dict__
+        return [(None, node.state), (None, d.get("args", ())), (None, d.get("kwargs", {})),
+                (None, d.get("items", [])), (None, d.get("mapping", {}))]
+    return []
+
+
+def _tensor_names(obj: Any) -> dict[int, str]:
+    """``id(tensor) -> "model.fc.weight"``-like paths, first path in file order wins."""
+    names: dict[int, str] = {}
+    seen: set[int] = set()
+    stack: list[tuple[str, Any]] = [("", obj)]
+    while stack:
+        prefix, node = stack.pop()
+        if isinstance(node, torch.Tensor):
+            names.setdefault(id(node), prefix or "<the whole file>")
+            continue
+        if id(node) in seen:
+            continue
+        seen.add(id(node))
+        for label, child in reversed(_children(node)):
+            if label is None:
+                path = prefix
+            elif label.startswith("["):
+                path = prefix + label
+            else:
+                path = f"{prefix}.{label}" if prefix else label
+            stack.append((path, child))
+    return names
+
+
+def _check_tensors(obj: Any, unpickler: _RestrictedUnpickler, source: Path, file_size: int) -> None:
+    """After a dry scan: refuse tensors beyond their storage and more tensor bytes than the file can hold."""
+    problems = [(t, info) for t, info in unpickler.tensors if info["problem"]]
+    limit = _materialise_limit(file_size)
+    total = unpickler.materialised
+    if not problems and total <= limit:
+        return
+    names = _tensor_names(obj)
+
+    def label(tensor: torch.Tensor, info: dict[str, Any]) -> str:
+        name = names.get(id(tensor))
+        return repr(name) if name else f"over record {info['storage']!r}"
+
+    if problems:
+        tensor, info = problems[0]
+        raise CheckpointError(
+            f"{source}: tensor {label(tensor, info)} (size {info['size']}, stride {info['stride']}, offset "
+            f"{info['offset']}) {info['problem']}: refusing a tensor that reaches beyond its data"
+        )
+    tensor, info = max(unpickler.tensors, key=lambda item: item[1]["nbytes"])
+    raise CheckpointError(
+        f"{source}: its tensors would take {total:,} bytes, more than {MATERIALISE_FACTOR}x the file's "
+        f"{file_size:,} bytes; the largest, {label(tensor, info)} (size {info['size']}, stride "
+        f"{info['stride']}), alone takes {info['nbytes']:,} bytes. Zero strides or overlapping views "
+        "claim memory the file does not hold: refusing it"
+    )
+
+
+# --------------------------------------------------------------------------------------------------
+# Scanning a pickled checkpoint before anything reads it for real
+# --------------------------------------------------------------------------------------------------
+_COMPRESSION_NAMES = {zipfile.ZIP_DEFLATED: "deflate", zipfile.ZIP_BZIP2: "bzip2", zipfile.ZIP_LZMA: "lzma"}
+
+
+def _file_kind(path: Path) -> str:
+    """``"safetensors"``, ``"zip"`` (torch.save's format) or ``"pickle"`` (legacy format or garbage), by content."""
+    try:
+        size = path.stat().st_size
+        with open(path, "rb") as fh:
+            head = fh.read(9)
+    except OSError as err:
+        raise CheckpointError(f"{path}: cannot be read ({err})") from err
+    if size == 0:
+        raise CheckpointError(f"{path}: an empty file, not a checkpoint")
+    # safetensors: an 8-byte little-endian header length, then the JSON header.
+    if len(head) == 9 and head[8:9] == b"{" and 2 <= int.from_bytes(head[:8], "little") <= size - 8:
+        return "safetensors"
+    try:
+        is_zip = zipfile.is_zipfile(path)
+    except Exception:  # an end-of-archive record that zipfile chokes on: a damaged zip, said so later
+        is_zip = True
+    return "zip" if is_zip else "pickle"
+
+
+def _read_member(zf: zipfile.ZipFile, name: str, source: Path) -> bytes:
+    try:
+        return zf.read(name)
+    except Exception as err:
+        raise CheckpointError(
+            f"{source}: archive member {name!r} cannot be read ({type(err).__name__}: {_short(err)})"
+        ) from err
+
+
+@contextlib.contextmanager
+def _open_zip(path: Path) -> Iterator[tuple[zipfile.ZipFile, str, str]]:
+    """Open a torch.save archive, refusing compressed or forged members; yield (zip, data.pkl, prefix)."""
+    size = path.stat().st_size
+    try:
+        zf = zipfile.ZipFile(path)
+    except Exception as err:
+        raise CheckpointError(f"{path}: a damaged zip archive ({type(err).__name__}: {_short(err)})") from err
+    with zf:
+        total = 0
+        for info in zf.infolist():
+            if info.compress_type != zipfile.ZIP_STORED:
+                method = _COMPRESSION_NAMES.get(info.compress_type, f"method {info.compress_type}")
+                raise CheckpointError(
+                    f"{path}: archive member {info.filename!r} is compressed ({method}). torch.save never "
+                    "compresses, and a compressed member can expand without bound: refusing the file (use "
+                    "the checkpoint as torch.save wrote it, not re-zipped)"
+                )
+            if info.flag_bits & 0x1:
+                raise CheckpointError(f"{path}: archive member {info.filename!r} is encrypted")
+            if info.file_size != info.compress_size:
+                raise CheckpointError(f"{path}: archive member {info.filename!r} declares inconsistent sizes")
+            total += info.file_size
+        if total > size:
+            raise CheckpointError(
+                f"{path}: its members claim {total:,} bytes in a file of {size:,} bytes (overlapping or forged entries)"
+            )
+        pkl = [n for n in zf.namelist() if n.endswith("data.pkl")]
+        if len(pkl) != 1:
+            raise CheckpointError(f"{path}: expected one data.pkl in the archive, found {len(pkl)}")
+        prefix = pkl[0][: -len("data.pkl")]
+        byteorder = prefix + "byteorder"
+        if byteorder in zf.namelist() and _read_member(zf, byteorder, path).strip() != b"little":
+            raise CheckpointError(f"{path}: big-endian checkpoints are not supported")
+        yield zf, pkl[0], prefix
+
+
+def _scan_zip(path: Path) -> None:
+    size = path.stat().st_size
+    with _open_zip(path) as (zf, pkl, prefix):
+        data = _read_member(zf, pkl, path)
+        obj, unpickler = _unpickle(io.BytesIO(data), _ZipStorages(zf, prefix, dry=True), path, length=len(data),
+                                   dry=True, byte_limit=_materialise_limit(size))
+        _check_tensors(obj, unpickler, path, size)
+
+
+class _MapReader:
+    """A read-only file over an mmap, as the unpickler wants one (mmap has no readinto)."""
+
+    def __init__(self, mm: mmap.mmap) -> None:
+        self.mm = mm
+
+    def read(self, n: int = -1) -> bytes:
+        return self.mm.read(n)
+
+    def readline(self) -> bytes:
+        return self.mm.readline()
+
+    def readinto(self, buf: Any) -> int:
+        data = self.mm.read(len(buf))
+        buf[: len(data)] = data
+        return len(data)
+
+
+def _scan_legacy(path: Path) -> None:
+    """A legacy (pre-1.6) torch.save file: magic number, protocol, system info, the object, its storage
+    keys, then each storage's element count and data. torch allocates every storage the object
+    declares before reading its data, so the declarations are checked against the data present."""
+    size = path.stat().st_size
+    limit = _materialise_limit(size)
+    with open(path, "rb") as fh, mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ) as mm:
+        reader = _MapReader(mm)
+
+        def next_object(storages: StorageResolver) -> tuple[Any, _RestrictedUnpickler]:
+            return _unpickle(reader, storages, path, length=size, dry=True, byte_limit=limit)
+
+        try:
+            magic, _ = next_object(_no_storage)
+        except CheckpointError as err:
+            raise CheckpointError(
+                f"{path}: not a PyTorch checkpoint (neither a zip archive, a legacy torch.save file nor "
+                f"safetensors; {_short(err.__cause__ or err)})"
+            ) from err
+        if type(magic) is not int or magic != _LEGACY_MAGIC:
+            raise CheckpointError(
+                f"{path}: not a PyTorch checkpoint (neither a zip archive, a legacy torch.save file nor safetensors)"
+            )
+        protocol, _ = next_object(_no_storage)
+        if type(protocol) is not int or protocol != _LEGACY_PROTOCOL:
+            raise CheckpointError(f"{path}: unsupported legacy checkpoint protocol {_short(protocol)}")
+        sys_info, _ = next_object(_no_storage)
+        if not isinstance(sys_info, dict):
+            raise CheckpointError(f"{path}: a legacy checkpoint without its system information")
+        if sys_info.get("little_endian") is False:
+            raise CheckpointError(f"{path}: big-endian checkpoints are not supported")
+        storages = _LegacyStorages()
+        obj, unpickler = next_object(storages)
+        keys, _ = next_object(_no_storage)
+        if not isinstance(keys, list) or not all(isinstance(k, (str, int)) for k in keys):
+            raise CheckpointError(f"{path}: a legacy checkpoint without its list of storages")
+        _check_tensors(obj, unpickler, path, size)
+        pos, listed = mm.tell(), set()
+        for key in map(str, keys):
+            root = storages.roots.get(key)
+            if root is None:
+                raise CheckpointError(f"{path}: lists storage {key!r}, which its object never uses")
+            if pos + 8 > size:
+                raise CheckpointError(f"{path}: truncated before the data of storage {key!r}")
+            (numel,) = struct.unpack("<q", mm[pos : pos + 8])
+            if numel != root.numel():
+                raise CheckpointError(
+                    f"{path}: storage {key!r} is declared with {root.numel():,} elements but its data has {numel:,}"
+                )
+            pos += 8 + numel * root.element_size()
+            if pos > size:
+                raise CheckpointError(f"{path}: truncated in the data of storage {key!r}")
+            listed.add(key)
+        unlisted = sorted(set(storages.roots) - listed)
+        if unlisted:
+            raise CheckpointError(f"{path}: declares storages without data ({unlisted[:5]})")
+
+
+def _warn_executable(path: Path, unpickler: _RestrictedUnpickler) -> None:
+    risky = sorted(f"{m}.{n}" for m, n in unpickler.named if _can_execute(m, n))
+    if risky:
+        log.warning(
+            "%s: the pickle names callables that can run code: %s. Nothing was run (the restricted reader "
+            "replaces every name outside its allow-list by an inert placeholder), but a genuine checkpoint "
+            "has no reason to name them: the file may have been tampered with.",
+            path, ", ".join(risky),
+        )
+
+
+def _legacy_refusal(path: Path) -> CheckpointError:
+    return CheckpointError(
+        f"{path}: not a PyTorch zip checkpoint (the legacy pre-1.6 format is not supported by the "
+        "restricted reader; re-save it with a current PyTorch in a sandbox, then convert)"
+    )
 
 
 def restricted_load(path: str | Path) -> tuple[Any, set[str]]:
     """Read a PyTorch zip checkpoint without importing or calling anything it names.
 
     Returns the unpickled object graph (placeholders in place of unknown classes) and the set of
-    qualified names that were replaced by placeholders.
+    qualified names that were replaced by placeholders. Names that could run code are also logged
+    as a warning.
     """
     path = Path(path)
-    if not zipfile.is_zipfile(path):
-        raise CheckpointError(
-            f"{path}: not a PyTorch zip checkpoint (the legacy pre-1.6 format is not supported by the "
-            "restricted reader; re-save it with a current PyTorch in a sandbox, then convert)"
-        )
-    with zipfile.ZipFile(path) as zf:
-        pkl = [n for n in zf.namelist() if n.endswith("data.pkl")]
-        if len(pkl) != 1:
-            raise CheckpointError(f"{path}: expected one data.pkl in the archive, found {len(pkl)}")
-        prefix = pkl[0][: -len("data.pkl")]
-        byteorder = prefix + "byteorder"
-        if byteorder in zf.namelist() and zf.read(byteorder).strip() != b"little":
-            raise CheckpointError(f"{path}: big-endian checkpoints are not supported")
-        unpickler = _RestrictedUnpickler(io.BytesIO(zf.read(pkl[0])), lambda key: zf.read(f"{prefix}data/{key}"))
-        try:
-            obj = unpickler.load()
-        except (pickle.UnpicklingError, EOFError, ValueError, TypeError, KeyError) as err:
-            raise CheckpointError(f"{path}: could not be read ({type(err).__name__}: {err})") from err
+    kind = _file_kind(path)
+    if kind == "safetensors":
+        raise CheckpointError(f"{path}: a safetensors file, not a pickle (read it with load_state_dict_file)")
+    if kind != "zip":
+        raise _legacy_refusal(path)
+    return _restricted_load(path, scanned=False)
+
+
+def _restricted_load(path: Path, scanned: bool) -> tuple[Any, set[str]]:
+    if not scanned:
+        _scan_zip(path)
+    size = path.stat().st_size
+    with _open_zip(path) as (zf, pkl, prefix):
+        data = _read_member(zf, pkl, path)
+        obj, unpickler = _unpickle(io.BytesIO(data), _ZipStorages(zf, prefix, dry=False), path, length=len(data),
+                                   dry=False, byte_limit=_materialise_limit(size))
+    _warn_executable(path, unpickler)
     return obj, unpickler.inert_names
 
 
 # --------------------------------------------------------------------------------------------------
 # From any checkpoint object to a flat state dict
 # --------------------------------------------------------------------------------------------------
-def _module_tree_state(obj: InertObject, prefix: str, out: dict[str, torch.Tensor]) -> None:
-    state = obj.state
-    if isinstance(state, tuple) and len(state) == 2:  # (dict_state, slot_state)
-        state = state[0]
-    if not isinstance(state, Mapping):
-        return
-    non_persistent = state.get("_non_persistent_buffers_set") or set()
-    for key in ("_parameters", "_buffers"):
-        for name, value in (state.get(key) or {}).items():
-            if isinstance(value, torch.Tensor) and not (key == "_buffers" and name in non_persistent):
-                out[prefix + name] = value
-    for name, child in (state.get("_modules") or {}).items():
-        if isinstance(child, InertObject):
-            _module_tree_state(child, f"{prefix}{name}.", out)
+_MAX_TREE_NODES = 100_000
+_MAX_TREE_DEPTH = 256
+_MAX_STATE_ENTRIES = 1_000_000
+
+
+def _module_tree_state(root: InertObject, source: str, out: dict[str, torch.Tensor]) -> None:
+    """Parameters and persistent buffers of a pickled module tree, in ``state_dict()`` order.
+
+    Iterative and bounded: a crafted tree can be cyclic, very deep, or share one module many times
+    over (each sharing doubles what a naive walk visits)."""
+    stack: list[tuple[InertObject, str, int]] = [(root, "", 0)]
+    visited = 0
+    while stack:
+        obj, prefix, depth = stack.pop()
+        visited += 1
+        if visited > _MAX_TREE_NODES or depth > _MAX_TREE_DEPTH or len(out) > _MAX_STATE_ENTRIES:
+            raise CheckpointError(f"{source}: the pickled module tree is cyclic or far too large to be a model")
+        state = obj.state
+        if isinstance(state, tuple) and len(state) == 2:  # (dict_state, slot_state)
+            state = state[0]
+        if not isinstance(state, Mapping):
+            continue
+        non_persistent = state.get("_non_persistent_buffers_set") or set()
+        for key in ("_parameters", "_buffers"):
+            entries = state.get(key) or {}
+            if not isinstance(entries, Mapping):
+                continue
+            for name, value in entries.items():
+                if isinstance(value, torch.Tensor) and not (key == "_buffers" and name in non_persistent):
+                    out[f"{prefix}{name}"] = value
+        modules = state.get("_modules") or {}
+        if isinstance(modules, Mapping):
+            children = [(child, f"{prefix}{name}.", depth + 1) for name, child in modules.items()
+                        if isinstance(child, InertObject)]
+            stack.extend(reversed(children))
 
 
 def _is_state_dict(obj: Any) -> bool:
@@ -305,24 +966,35 @@ def extract_state_dict(obj: Any, source: str = "checkpoint") -> dict[str, torch.
     or a pickled whole module (read by :func:`restricted_load`). ``module.`` prefixes left by
     ``DataParallel`` / ``DistributedDataParallel`` are removed.
     """
-    if isinstance(obj, InertObject) and isinstance(obj.state, (Mapping, tuple)):
-        sd: dict[str, torch.Tensor] = {}
-        _module_tree_state(obj, "", sd)
-        if not sd:
-            raise CheckpointError(f"{source}: a pickled {obj.qualname} holds no parameters")
-        return _strip_prefix(sd)
-    if _is_state_dict(obj):
-        return _strip_prefix(dict(obj))
-    if isinstance(obj, Mapping):
-        for key in _STATE_DICT_KEYS:
-            if key in obj:
-                return extract_state_dict(obj[key], source)
-        tensor_free = [k for k, v in obj.items() if not isinstance(v, torch.Tensor)]
-        raise CheckpointError(
-            f"{source}: no state dict found; top-level keys are {sorted(map(str, obj))[:12]}"
-            + (f" (non-tensor entries: {tensor_free[:6]})" if tensor_free else "")
-        )
-    raise CheckpointError(f"{source}: holds a {type(obj).__name__}, not a state dict or a model")
+    try:
+        return _extract_state_dict(obj, source)
+    except RecursionError as err:
+        raise CheckpointError(f"{source}: its objects are nested too deeply to be a checkpoint") from err
+
+
+def _extract_state_dict(obj: Any, source: str) -> dict[str, torch.Tensor]:
+    seen: set[int] = set()
+    while id(obj) not in seen:
+        seen.add(id(obj))
+        if isinstance(obj, InertObject) and isinstance(obj.state, (Mapping, tuple)):
+            sd: dict[str, torch.Tensor] = {}
+            _module_tree_state(obj, source, sd)
+            if not sd:
+                raise CheckpointError(f"{source}: a pickled {obj.qualname} holds no parameters")
+            return _strip_prefix(sd)
+        if _is_state_dict(obj):
+            return _strip_prefix(dict(obj))
+        if not isinstance(obj, Mapping):
+            raise CheckpointError(f"{source}: holds a {type(obj).__name__}, not a state dict or a model")
+        key = next((k for k in _STATE_DICT_KEYS if k in obj), None)
+        if key is None:
+            tensor_free = [_short(k, 40) for k, v in obj.items() if not isinstance(v, torch.Tensor)]
+            raise CheckpointError(
+                f"{source}: no state dict found; top-level keys are {sorted(_short(k, 40) for k in obj)[:12]}"
+                + (f" (non-tensor entries: {tensor_free[:6]})" if tensor_free else "")
+            )
+        obj = obj[key]
+    raise CheckpointError(f"{source}: no state dict found (the checkpoint refers to itself)")
 
 
 def _strip_prefix(sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -336,18 +1008,42 @@ def _strip_prefix(sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
 _WEIGHTS_ONLY_ALLOWED: list[Any] = [argparse.Namespace]
 
 
+def _read_safetensors(path: Path, by_content: bool = False) -> dict[str, torch.Tensor]:
+    try:
+        return _load_safetensors(str(path))
+    except Exception as err:  # safetensors raises its own SafetensorError
+        what = "starts like a safetensors file but is not a valid one" if by_content else "not a valid safetensors file"
+        raise CheckpointError(f"{path}: {what} ({_short(err)})") from err
+
+
 def read_checkpoint_object(path: str | Path) -> tuple[Any, str]:
-    """Open a ``.pth``/``.pt``/``.bin`` checkpoint safely; return the object and how it was read."""
+    """Open a ``.pth``/``.pt``/``.bin`` checkpoint safely; return the object and how it was read.
+
+    ``how`` is ``"weights_only"`` (torch.load accepted it), ``"restricted"`` (the inert reader) or
+    ``"safetensors"`` (the file is safetensors, whatever its name; the object is its state dict).
+    Pickled files are scanned first (see the module docstring); every failure is a CheckpointError.
+    """
     path = Path(path)
+    kind = _file_kind(path)
+    if kind == "safetensors":
+        return _read_safetensors(path, by_content=True), "safetensors"
+    if kind == "zip":
+        _scan_zip(path)
+    else:
+        _scan_legacy(path)
     try:
         with torch.serialization.safe_globals(_WEIGHTS_ONLY_ALLOWED):
             return torch.load(path, map_location="cpu", weights_only=True), "weights_only"
     except pickle.UnpicklingError:
         # weights_only refused a type outside the allow-list: fall back to the inert reader.
-        obj, _ = restricted_load(path)
+        if kind != "zip":
+            raise _legacy_refusal(path) from None
+        obj, _ = _restricted_load(path, scanned=True)
         return obj, "restricted"
-    except (RuntimeError, EOFError, OSError, zipfile.BadZipFile) as err:
-        raise CheckpointError(f"{path}: not a readable PyTorch checkpoint ({type(err).__name__}: {err})") from err
+    except Exception as err:  # whatever torch raises on a file it cannot parse
+        raise CheckpointError(
+            f"{path}: not a readable PyTorch checkpoint ({type(err).__name__}: {_short(err)})"
+        ) from err
 
 
 def load_state_dict_file(path: str | Path) -> dict[str, torch.Tensor]:
@@ -361,22 +1057,106 @@ def load_state_dict_file(path: str | Path) -> dict[str, torch.Tensor]:
     if not path.is_file():
         raise CheckpointError(f"{path}: checkpoint file not found")
     if path.suffix == ".safetensors":
-        try:
-            return _load_safetensors(str(path))
-        except Exception as err:  # safetensors raises its own SafetensorError
-            raise CheckpointError(f"{path}: not a valid safetensors file ({err})") from err
-    obj, _ = read_checkpoint_object(path)
+        return _read_safetensors(path)
+    obj, how = read_checkpoint_object(path)
+    if how == "safetensors":
+        return obj
     return extract_state_dict(obj, str(path))
 
 
+# --------------------------------------------------------------------------------------------------
+# config.json
+# --------------------------------------------------------------------------------------------------
+def _check_option(value: Any, where: str, source: Path, depth: int = 0) -> None:
+    if value is None or isinstance(value, (bool, int)):
+        return
+    if isinstance(value, str):
+        if len(value) > _MAX_OPTION_ITEMS:
+            raise CheckpointError(f"{source}: {where} is a string of {len(value):,} characters")
+        return
+    if isinstance(value, float):
+        if not math.isfinite(value):
+            raise CheckpointError(f"{source}: {where} is {value}, not a finite number")
+        return
+    if depth >= _MAX_OPTION_DEPTH:
+        raise CheckpointError(f"{source}: {where} is nested too deeply to be a model option")
+    if isinstance(value, list):
+        if len(value) > _MAX_OPTION_ITEMS:
+            raise CheckpointError(f"{source}: {where} has {len(value):,} entries")
+        for i, item in enumerate(value):
+            _check_option(item, f"{where}[{i}]", source, depth + 1)
+        return
+    if isinstance(value, dict):
+        if len(value) > _MAX_OPTION_ITEMS:
+            raise CheckpointError(f"{source}: {where} has {len(value):,} entries")
+        for key, item in value.items():
+            _check_option(item, f"{where}.{key}", source, depth + 1)
+        return
+    raise CheckpointError(f"{source}: {where} is a {type(value).__name__}")  # not produced by json
+
+
+def _check_config(config: Any, source: Path) -> None:
+    """The fields of a checkpoint's config.json that forgeloc acts on must have the right types and
+    sane values (it may have been edited by someone else than the trainer that wrote it)."""
+    if not isinstance(config, dict):
+        raise CheckpointError(f"{source}: must hold a JSON object, not a {type(config).__name__}")
+    name = config.get("model")
+    if name is not None and (not isinstance(name, str) or not name):
+        raise CheckpointError(f"{source}: 'model' must name a model, not {_short(name, 60)}")
+    kwargs = config.get("model_kwargs")
+    if kwargs is not None:
+        if not isinstance(kwargs, dict):
+            raise CheckpointError(
+                f"{source}: 'model_kwargs' must be an object of constructor options, not a {type(kwargs).__name__}"
+            )
+        for key, value in kwargs.items():
+            _check_option(value, f"model_kwargs.{key}", source)
+    recorded_input = config.get("input")
+    if recorded_input is not None:
+        if not isinstance(recorded_input, dict):
+            raise CheckpointError(
+                f"{source}: 'input' must be an object (mode, size), not a {type(recorded_input).__name__}"
+            )
+        size = recorded_input.get("size")
+        if size is not None and (not _is_int(size) or not 1 <= size <= MAX_INPUT_SIZE):
+            raise CheckpointError(
+                f"{source}: input.size must be a whole number of pixels from 1 to {MAX_INPUT_SIZE}, "
+                f"not {_short(size, 60)}"
+            )
+        mode = recorded_input.get("mode")
+        if mode is not None and not isinstance(mode, str):
+            raise CheckpointError(f"{source}: input.mode must be a string, not {_short(mode, 60)}")
+    threshold = config.get("threshold")
+    if threshold is not None and (
+        isinstance(threshold, bool) or not isinstance(threshold, (int, float)) or not math.isfinite(threshold)
+    ):
+        raise CheckpointError(f"{source}: 'threshold' must be a finite number, not {_short(threshold, 60)}")
+    image_score = config.get("image_score")
+    if image_score is not None and not isinstance(image_score, str):
+        raise CheckpointError(f"{source}: 'image_score' must be a string, not {_short(image_score, 60)}")
+
+
 def read_checkpoint_config(path: str | Path) -> dict[str, Any] | None:
-    """The ``config.json`` of a forgeloc checkpoint folder (or next to a safetensors file), if any."""
+    """The ``config.json`` of a forgeloc checkpoint folder (or next to a safetensors file), if any.
+
+    A file that is not JSON, or whose fields forgeloc uses have the wrong types or absurd values, is
+    a CheckpointError naming it.
+    """
     path = Path(path)
     folder = path if path.is_dir() else path.parent
     cfg = folder / CONFIG_FILE
     if not cfg.is_file():
         return None
-    return json.loads(cfg.read_text())
+    try:
+        if cfg.stat().st_size > _MAX_CONFIG_BYTES:
+            raise CheckpointError(f"{cfg}: {cfg.stat().st_size:,} bytes, too large to be a checkpoint's config")
+        config = json.loads(cfg.read_text(encoding="utf-8"))
+    except RecursionError as err:
+        raise CheckpointError(f"{cfg}: its JSON is nested too deeply to be a checkpoint's config") from err
+    except (OSError, ValueError) as err:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
+        raise CheckpointError(f"{cfg}: not a valid JSON file ({type(err).__name__}: {_short(err)})") from err
+    _check_config(config, cfg)
+    return config
 
 
 def load_model_weights(model: nn.Module, path: str | Path, strict: bool = True) -> nn.Module:
@@ -384,6 +1164,7 @@ def load_model_weights(model: nn.Module, path: str | Path, strict: bool = True) 
 
     A model may define ``remap_state_dict(state_dict) -> state_dict`` to translate the authors' key
     names into its own. With ``strict=True`` a key mismatch is an error listing the differences.
+    Weights holding NaN or infinite values (where the model's own are finite) are refused.
     """
     sd = load_state_dict_file(path)
     remap = getattr(model, "remap_state_dict", None)
@@ -407,8 +1188,27 @@ def load_model_weights(model: nn.Module, path: str | Path, strict: bool = True) 
             parts.append(f"{len(wrong_shape)} with another shape (e.g. {wrong_shape[:3]})")
         name = getattr(model, "model_name", type(model).__name__)
         raise CheckpointError(f"{path}: does not fit {name}: " + "; ".join(parts))
+    _check_finite(sd, own, path)
     model.load_state_dict(sd, strict=strict)
     return model
+
+
+def _check_finite(sd: Mapping[str, torch.Tensor], own: Mapping[str, torch.Tensor], path: str | Path) -> None:
+    """Refuse the first (in the model's order) loaded tensor holding NaN or infinity."""
+    for key, mine in own.items():
+        value = sd.get(key)
+        if value is None or not (value.is_floating_point() or value.is_complex()):
+            continue
+        if bool(torch.isfinite(value).all()):
+            continue
+        floating = mine.is_floating_point() or mine.is_complex()
+        if not mine.is_meta and floating and not bool(torch.isfinite(mine).all()):
+            continue  # the model holds non-finite values there itself (a -inf mask, say)
+        bad = int((~torch.isfinite(value)).sum())
+        raise CheckpointError(
+            f"{path}: tensor {key!r} holds {bad:,} non-finite value(s) (NaN or infinity) out of {value.numel():,}: "
+            "refusing weights that cannot give meaningful predictions"
+        )
 
 
 # --------------------------------------------------------------------------------------------------
@@ -431,6 +1231,65 @@ def resolve_checkpoint(path: str | Path) -> Path:
     return path
 
 
+_SIZE_FACTORIES = frozenset({torch.empty, torch.zeros, torch.ones, torch.rand, torch.randn, torch.full})
+_NEW_FACTORIES = frozenset({torch.Tensor.new_empty, torch.Tensor.new_zeros, torch.Tensor.new_ones,
+                            torch.Tensor.new_full})
+
+
+def _factory_bytes(func: Any, args: tuple[Any, ...], kwargs: Mapping[str, Any]) -> int:
+    """Bytes a tensor factory call is about to allocate (0 for anything else)."""
+    try:
+        if func in _SIZE_FACTORIES:
+            if "size" in kwargs:
+                size = kwargs["size"]
+            elif func is torch.full or (len(args) == 1 and not isinstance(args[0], int)):
+                size = args[0]
+            else:
+                size = args
+            dtype = kwargs.get("dtype")
+        elif func in _NEW_FACTORIES:
+            size = kwargs["size"] if "size" in kwargs else args[1]
+            dtype = kwargs.get("dtype") or args[0].dtype
+        else:
+            return 0
+        numel = math.prod(int(s) for s in ((size,) if isinstance(size, int) else size))
+    except Exception:  # unhashable func, unexpected arguments: not a call we size
+        return 0
+    if numel <= 0:
+        return 0
+    return numel * (dtype if isinstance(dtype, torch.dtype) else torch.get_default_dtype()).itemsize
+
+
+class _BuildBudget(TorchFunctionMode):
+    """Refuses tensor allocations beyond ``limit`` bytes in all, before they happen."""
+
+    def __init__(self, limit: int, source: Path) -> None:
+        super().__init__()
+        self.limit, self.source, self.used = limit, source, 0
+
+    def __torch_function__(self, func: Any, types: Any, args: tuple[Any, ...] = (), kwargs: Any = None) -> Any:
+        kwargs = kwargs or {}
+        requested = _factory_bytes(func, args, kwargs)
+        if requested:
+            self.used += requested
+            if self.used > self.limit:
+                raise CheckpointError(
+                    f"{self.source}: the model it describes would take more than {self.limit:,} bytes of "
+                    "tensors, far more than its weights file holds: refusing to build it (are its widths or "
+                    "sizes tampered with?)"
+                )
+        return func(*args, **kwargs)
+
+
+def _build_limit(path: Path) -> int:
+    weights = path / MODEL_FILE if path.is_dir() else path
+    try:
+        size = weights.stat().st_size
+    except OSError:
+        size = 0
+    return _BUILD_FACTOR * size + _BUILD_SLACK
+
+
 def load_model(
     checkpoint: str | Path, model: str | None = None, strict: bool = True, **kwargs: Any
 ) -> tuple[nn.Module, dict[str, Any]]:
@@ -439,11 +1298,15 @@ def load_model(
     ``checkpoint`` may be a forgeloc checkpoint folder or run folder (its ``config.json`` names the
     model and options), or a weights file (safetensors / authors' ``.pth``), in which case
     ``model`` must name the architecture. ``kwargs`` override the recorded constructor options.
+
+    A model built from what config.json records may not allocate much more than its weights file
+    holds, and a config.json whose model or options cannot be built is a CheckpointError naming it.
     """
     from forgeloc.models.registry import create_model
 
     path = resolve_checkpoint(checkpoint)
     config = read_checkpoint_config(path) or {}
+    config_file = (path if path.is_dir() else path.parent) / CONFIG_FILE
     name = model or config.get("model")
     if not name:
         raise CheckpointError(
@@ -454,6 +1317,19 @@ def load_model(
     # the file need not exist on the machine that predicts.
     recorded = {k: v for k, v in recorded.items() if "pretrain" not in k}
     options = {**recorded, **kwargs}
-    net = create_model(name, checkpoint=path, strict=strict, **options)
+    if model is not None and not recorded:  # nothing comes from config.json: build as asked
+        net = create_model(name, checkpoint=path, strict=strict, **options)
+    else:
+        try:
+            with _BuildBudget(_build_limit(path), config_file):
+                net = create_model(name, **options)
+        except CheckpointError:
+            raise
+        except Exception as err:  # an unknown model or option, a negative width, ...
+            raise CheckpointError(
+                f"{config_file}: cannot build the model it records ({name!r} with options {_short(options)}): "
+                f"{type(err).__name__}: {_short(err)}"
+            ) from err
+        load_model_weights(net, path, strict=strict)
     net.eval()
     return net, {**config, "model": name, "model_kwargs": options, "checkpoint": str(path)}
