@@ -270,3 +270,28 @@ def package(checkpoint: str | Path, dest: str | Path, extra: dict[str, Any]) -> 
     shutil.copyfile(src / "model.safetensors", dest / "model.safetensors")
     atomic_write(dest / "config.json", lambda p: p.write_text(json.dumps(config, indent=1, sort_keys=True)))
     return dest
+
+
+def calibrate(predictor: Any, dataset_json: str | Path, low_q: float = 0.90, high_q: float = 0.99) -> dict[str, Any]:
+    """Score bands for :func:`forgeloc.inference.predictor.verdict_for` from a calibration set.
+
+    Method: the image scores of the set's *authentic* images fix the bands, so the false-alarm
+    rate of each verdict is known: ``low`` = their ``low_q`` quantile (about 90 % of untouched
+    photos read "no evidence found"), ``high`` = their ``high_q`` quantile (about 1 % of untouched
+    photos read "likely manipulated"). The tampered images' scores are reported for reference.
+    """
+    pairs = json.loads(Path(dataset_json).read_text())
+    root = Path(dataset_json).parent
+    authentic, tampered = [], []
+    for image, mask in pairs:
+        score = predictor.predict(root / image).score
+        (authentic if mask == "Negative" else tampered).append(score)
+    a, t = np.asarray(authentic), np.asarray(tampered)
+    low, high = float(np.quantile(a, low_q)), float(np.quantile(a, high_q))
+    return {
+        "low": round(low, 4), "high": round(max(high, low), 4),
+        "method": f"authentic-score quantiles {low_q:g} / {high_q:g}",
+        "data": f"{Path(dataset_json).parent.name}: {len(a)} authentic, {len(t)} tampered images",
+        "tampered_share_above_high": round(float((t >= max(high, low)).mean()), 4) if t.size else None,
+        "tampered_share_above_low": round(float((t >= low).mean()), 4) if t.size else None,
+    }
