@@ -468,7 +468,7 @@ def test_cli_folder_with_corrupt_file_globs_collisions_and_report(tmp_path):
     assert "truncated" in failed["b_broken.jpg"] and "not found" in failed["missing.png"]
     # Same stem in two folders: disambiguated, nothing overwritten.
     stems = {Path(r["files"]["mask"]).name for r in payload["results"]}
-    assert {"other_x_mask.png", "sub_x_mask.png", "a_photo_mask.png", "big_mask.png"} <= stems
+    assert {"other_x_predmask.png", "sub_x_predmask.png", "a_photo_predmask.png", "big_predmask.png"} <= stems
     assert len(stems) == 5
     for row in payload["results"]:
         mask = np.asarray(Image.open(row["files"]["mask"]))

@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import csv
+import errno
 import glob
+import itertools
 import json
 import os
+import time
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -17,6 +21,21 @@ from forgeloc.cli.common import console, fail
 _GLOB_CHARS = set("*?[")
 CSV_COLUMNS = ("name", "path", "width", "height", "score", "tampered_fraction", "mode", "threshold",
                "heatmap", "overlay", "mask")
+#: Per-image output names. The predicted mask is ``<stem>_predmask.png``: a name ending in one of the
+#: ground-truth suffixes forgeloc (and IMDLBenCo-style layouts) pair with images (``_mask``, ``_gt``,
+#: see ``forgeloc.data.datasets.MASK_SUFFIXES``) could later be read as the ground truth of ``<stem>``.
+OUTPUT_SUFFIXES = {"heatmap": "_heatmap.png", "overlay": "_overlay.png", "mask": "_predmask.png"}
+#: Files written once per run.
+RUN_FILES = ("results.json", "results.csv", "report.html")
+#: results.json / results.csv are rewritten at least this often (seconds) while predicting, and on
+#: every way out (end, failure, Ctrl+C), so a run stopped midway keeps the results it has.
+FLUSH_SECONDS = 2.0
+#: ... or less often in large runs, so that rewriting them stays under this share of the run's time.
+FLUSH_MAX_SHARE = 0.05
+# Errors that concern one output file name (too long, bytes the file system refuses, a folder in the
+# way): that image fails, the run goes on. Any other write error (disk full, read-only) stops the run.
+_NAME_ERRNOS = frozenset({errno.ENAMETOOLONG, errno.EILSEQ, errno.EINVAL, errno.EISDIR, errno.ENOTDIR})
+_tmp_counter = itertools.count()
 
 
 def expand_inputs(inputs: list[str], recursive: bool = False) -> tuple[list[Path], list[tuple[str, str]]]:
@@ -26,6 +45,7 @@ def expand_inputs(inputs: list[str], recursive: bool = False) -> tuple[list[Path
     ``recursive``); a pattern with ``* ? [`` is expanded here (``**`` spans folders), for shells
     that do not expand it; a file named explicitly is always tried, whatever its extension.
     """
+    from forgeloc.data.datasets import broken_link
     from forgeloc.data.io import IMAGE_EXTENSIONS
 
     files: list[Path] = []
@@ -40,11 +60,18 @@ def expand_inputs(inputs: list[str], recursive: bool = False) -> tuple[list[Path
 
     def add_folder(folder: Path) -> int:
         walker = folder.rglob("*") if recursive else folder.iterdir()
-        found = sorted(p for p in walker if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS
-                       and not any(part.startswith(".") for part in p.relative_to(folder).parts))
-        for p in found:
-            add(p)
-        return len(found)
+        found = 0
+        for p in sorted(walker):
+            if p.suffix.lower() not in IMAGE_EXTENSIONS or any(
+                    part.startswith(".") for part in p.relative_to(folder).parts):
+                continue
+            if p.is_file():
+                add(p)
+                found += 1
+            elif (why := broken_link(p)) is not None:
+                problems.append((str(p), why))  # a dangling or looping link: said, not skipped silently
+                found += 1
+        return found
 
     for item in inputs:
         path = Path(item).expanduser()
@@ -53,6 +80,8 @@ def expand_inputs(inputs: list[str], recursive: bool = False) -> tuple[list[Path
                 problems.append((item, "folder holds no image file" + ("" if recursive else " (try --recursive)")))
         elif path.exists():
             add(path)
+        elif (why := broken_link(path)) is not None:
+            problems.append((item, why))
         elif _GLOB_CHARS & set(item):
             matches = sorted(glob.glob(os.path.expanduser(item), recursive=True))
             if not matches:
@@ -61,11 +90,124 @@ def expand_inputs(inputs: list[str], recursive: bool = False) -> tuple[list[Path
                 mp = Path(m)
                 if mp.is_dir():
                     add_folder(mp)
+                elif (why := broken_link(mp)) is not None:
+                    problems.append((m, why))
                 else:
                     add(mp)
         else:
             problems.append((item, "file not found"))
     return files, problems
+
+
+def output_files(out: Path, stem: str) -> dict[str, Path]:
+    """The per-image files written for an input with output stem ``stem``."""
+    return {kind: out / f"{stem}{suffix}" for kind, suffix in OUTPUT_SUFFIXES.items()}
+
+
+def _ancestor_file(path: Path) -> Path | None:
+    """The first existing non-folder among ``path``'s parents (what makes ``mkdir -p`` impossible)."""
+    for parent in reversed(path.absolute().parents):
+        if parent.exists() and not parent.is_dir():
+            return parent
+    return None
+
+
+def check_output_folder(out: Path, option: str = "--out", create: bool = True) -> None:
+    """Make sure ``out`` is (or can become) a writable folder; otherwise a one-line error.
+
+    With ``create=False`` only what can be seen without writing is checked (a file in the way);
+    with ``create=True`` the folder is created and a probe file written and removed.
+    """
+    if out.exists() and not out.is_dir():
+        fail(f"{option} {out} is a file, not a folder")
+    if out.is_symlink() and not out.exists():
+        from forgeloc.data.datasets import broken_link
+
+        fail(f"{option} {out}: {broken_link(out)}")
+    blocker = _ancestor_file(out)
+    if blocker is not None:
+        fail(f"{option} {out}: {blocker} is a file, so no folder can be made under it")
+    if not create:
+        return
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        fail(f"{option} {out}: cannot create the folder ({err.strerror or err})")
+    probe = out / f".forgeloc-write-test-{os.getpid()}"
+    try:
+        with open(probe, "wb"):
+            pass
+    except OSError as err:
+        fail(f"{option} {out} is not writable ({err.strerror or err})")
+    finally:
+        with contextlib.suppress(OSError):
+            probe.unlink(missing_ok=True)
+
+
+def _identity(path: Path) -> tuple[int, int] | None:
+    try:
+        st = os.stat(path)
+    except (OSError, ValueError):
+        return None
+    return st.st_dev, st.st_ino
+
+
+def input_collisions(out: Path, files: list[Path], stems: list[str]) -> list[tuple[Path, Path]]:
+    """``(output file, input file)`` pairs where an output of this run would replace an input.
+
+    Compared by file identity (device, inode), so links, ``..`` and case-folding file systems
+    cannot hide a collision.
+    """
+    inputs: dict[tuple[int, int], Path] = {}
+    for p in files:
+        ident = _identity(p)
+        if ident is not None:
+            inputs.setdefault(ident, p)
+    planned = [f for stem in stems for f in output_files(out, stem).values()] + [out / n for n in RUN_FILES]
+    clashes = []
+    for target in planned:
+        ident = _identity(target)
+        if ident is not None and ident in inputs:
+            clashes.append((target, inputs[ident]))
+    return clashes
+
+
+def foreign_existing_outputs(out: Path, files: list[Path], stems: list[str]) -> list[Path]:
+    """Existing files this run will replace that are not outputs of the same image in the folder's
+    previous ``results.json`` (a previous run's outputs of *another* image, or someone else's files)."""
+    previous: dict[str, str] = {}
+    try:
+        payload = json.loads((out / "results.json").read_text(encoding="utf-8"))
+        for row in payload.get("results", []):
+            for written in (row.get("files") or {}).values():
+                previous[os.path.realpath(written)] = os.path.realpath(row.get("path", ""))
+    except (OSError, ValueError, AttributeError, TypeError):
+        previous = {}
+    foreign = []
+    for path, stem in zip(files, stems, strict=True):
+        source = os.path.realpath(path)
+        for target in output_files(out, stem).values():
+            if os.path.lexists(target) and previous.get(os.path.realpath(target)) != source:
+                foreign.append(target)
+    return foreign
+
+
+def _write_replacing(path: Path, data: bytes) -> None:
+    """Write ``data`` to a short temporary name in the same folder, then rename it over ``path``:
+    a failure leaves no partial file, and a link at ``path`` is replaced, never written through."""
+    tmp = path.parent / f".forgeloc-{os.getpid()}-{next(_tmp_counter)}.tmp"
+    try:
+        with open(tmp, "wb") as fh:
+            fh.write(data)
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            tmp.unlink(missing_ok=True)
+        raise
+
+
+class _OutputFolderError(Exception):
+    """A write error that concerns the output folder, not one file name: the run stops."""
 
 
 def output_stems(paths: list[Path]) -> list[str]:
@@ -129,9 +271,11 @@ def predict(
     ),
 ) -> None:
     """Predict tamper heatmaps for images: writes <stem>_heatmap.png, <stem>_overlay.png,
-    <stem>_mask.png per image and results.json / results.csv (and report.html with --report).
+    <stem>_predmask.png per image and results.json / results.csv (and report.html with --report).
 
     A file that cannot be read is reported and skipped; the exit code is 1 if any input failed.
+    An --out that would overwrite an input file is refused. results.json / results.csv are kept up
+    to date as the run goes, so a run stopped midway (Ctrl+C, an error) keeps what it has done.
 
     Example: forgeloc predict runs/quickstart photos/ "scans/**/*.jpg" --out predictions --report
     """
@@ -139,7 +283,9 @@ def predict(
 
     from forgeloc.checkpoint import CheckpointError
     from forgeloc.data.io import DEFAULT_MAX_PIXELS
+    from forgeloc.engine.config import validate_device
     from forgeloc.inference.predictor import MODES, Prediction, PredictionFailure, Predictor
+    from forgeloc.inference.visualize import encode_png
 
     if mode not in MODES:
         fail(f"--mode must be one of {', '.join(MODES)}, not {mode!r}")
@@ -147,7 +293,21 @@ def predict(
         fail(f"--amp must be bf16 or fp16, not {amp!r}")
     if threshold is not None and not 0.0 <= threshold <= 1.0:
         fail(f"--threshold must be in [0, 1], got {threshold}")
+    if max_pixels is not None and max_pixels < 1:
+        fail(f"--max-pixels must be a positive number of pixels, got {max_pixels}")
+    try:
+        validate_device(device)
+    except ValueError as err:
+        fail(f"--device: {err}")
+    check_output_folder(out, create=False)
     files, problems = expand_inputs(inputs, recursive)
+    stems = output_stems(files)
+    clashes = input_collisions(out, files, stems)
+    if clashes:
+        target, source = clashes[0]
+        more = f" (and {len(clashes) - 1} more)" if len(clashes) > 1 else ""
+        fail(f"--out {out} would overwrite the input file {source} (an output of this run is named "
+             f"{target.name}){more}; write the results to another folder")
     try:
         predictor = Predictor.from_checkpoint(
             checkpoint, model=model, threshold=threshold, device=device, amp=None if amp == "none" else amp,
@@ -156,54 +316,102 @@ def predict(
         )
     except (CheckpointError, FileNotFoundError, ValueError) as err:
         fail(str(err))
-    out.mkdir(parents=True, exist_ok=True)
-    stems = output_stems(files)
+    check_output_folder(out)
+    foreign = foreign_existing_outputs(out, files, stems)
+    if foreign:
+        shown = ", ".join(p.name for p in foreign[:5]) + (f" and {len(foreign) - 5} more" if len(foreign) > 5 else "")
+        console.print(f"[yellow]warning:[/yellow] {len(foreign)} existing file(s) in {out} that are not earlier "
+                      f"outputs of the same images will be replaced: {shown}", highlight=False, soft_wrap=True)
     failures = [{"name": Path(item).name, "path": item, "error": why} for item, why in problems]
     rows: list[dict[str, Any]] = []
     entries = []
     if report:
-        from forgeloc.inference.report import report_entry, write_report
-
-    console.print(f"{predictor!r}: {len(files)} image(s) → {out}", highlight=False)
-    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
-    with Progress(*columns, console=console, transient=False) as progress:
-        task = progress.add_task("predicting", total=len(files))
-        results = predictor.iter_predict(
-            files, batch_size=batch_size, mode=mode, skip_errors=True, names=[p.name for p in files]
-        )
-        for path, stem, result in zip(files, stems, results, strict=True):
-            if isinstance(result, PredictionFailure):
-                failures.append({**result.to_dict(), "path": str(path)})
-                progress.console.print(f"[red]skipped[/red] {path}: {result.error}", highlight=False)
-            else:
-                assert isinstance(result, Prediction)
-                overlay = result.overlay()
-                saved = {
-                    "heatmap": str(_save_png(out / f"{stem}_heatmap.png", result.heatmap_rgb())),
-                    "overlay": str(_save_png(out / f"{stem}_overlay.png", overlay)),
-                    "mask": str(_save_png(out / f"{stem}_mask.png", result.mask_uint8())),
-                }
-                rows.append({**result.to_dict(), "path": str(path), "files": saved})
-                if report:
-                    entries.append(report_entry(result, overlay=overlay, files=saved, name=result.name))
-            progress.advance(task)
+        from forgeloc.inference.report import report_entry
 
     info = {k: v for k, v in predictor.describe().items() if v is not None}
     info["mode"] = mode
-    _write_tables(out, rows, failures, info)
+    console.print(f"{predictor!r}: {len(files)} image(s) → {out}", highlight=False)
+    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
+    processed = 0
+    last_flush, flush_every = time.monotonic(), FLUSH_SECONDS
+    error: BaseException | None = None
+    try:
+        with Progress(*columns, console=console, transient=False) as progress:
+            task = progress.add_task("predicting", total=len(files))
+            results = predictor.iter_predict(
+                files, batch_size=batch_size, mode=mode, skip_errors=True, names=[p.name for p in files]
+            )
+            for path, stem, result in zip(files, stems, results, strict=True):
+                if isinstance(result, PredictionFailure):
+                    failures.append({**result.to_dict(), "path": str(path)})
+                    progress.console.print(f"[red]skipped[/red] {path}: {result.error}", highlight=False)
+                else:
+                    assert isinstance(result, Prediction)
+                    overlay = result.overlay()
+                    images = {"heatmap": result.heatmap_rgb(), "overlay": overlay, "mask": result.mask_uint8()}
+                    targets = output_files(out, stem)
+                    written: list[Path] = []
+                    try:
+                        for kind, target in targets.items():
+                            _write_replacing(target, encode_png(images[kind]))
+                            written.append(target)
+                    except OSError as err:
+                        for done in written:  # no half set of outputs for an image reported as failed
+                            with contextlib.suppress(OSError):
+                                done.unlink(missing_ok=True)
+                        if err.errno not in _NAME_ERRNOS:
+                            raise _OutputFolderError(f"cannot write into {out}: {err.strerror or err}") from err
+                        why = f"its output files cannot be written: {err.strerror or err} ({targets['heatmap'].name})"
+                        failures.append({"name": path.name, "path": str(path), "error": why})
+                        progress.console.print(f"[red]skipped[/red] {path}: {why}", highlight=False)
+                    else:
+                        saved = {kind: str(target) for kind, target in targets.items()}
+                        rows.append({**result.to_dict(), "path": str(path), "files": saved})
+                        if report:
+                            entries.append(report_entry(result, overlay=overlay, files=saved, name=result.name))
+                processed += 1
+                progress.advance(task)
+                if time.monotonic() - last_flush >= flush_every:
+                    started = time.monotonic()
+                    try:
+                        _write_tables(out, rows, failures, {**info, "complete": False, "processed": processed,
+                                                            "total": len(files)})
+                    except OSError as err:
+                        raise _OutputFolderError(f"cannot write into {out}: {err.strerror or err}") from err
+                    last_flush = time.monotonic()
+                    flush_every = max(FLUSH_SECONDS, (last_flush - started) / FLUSH_MAX_SHARE)
+    except BaseException as err:  # every way out keeps the results; re-raised below
+        error = err
+
+    stopped = None
+    if isinstance(error, KeyboardInterrupt):
+        stopped = "interrupted (Ctrl+C)"
+    elif error is not None:
+        stopped = str(error) if isinstance(error, _OutputFolderError) else f"{type(error).__name__}: {error}"
+    info.update({"complete": error is None, "processed": processed, "total": len(files)})
+    if stopped:
+        info["stopped"] = stopped
+    try:
+        _write_tables(out, rows, failures, info)
+        if report:
+            _write_report(out, entries, info, failures, mode)
+    except OSError as werr:
+        if error is None:
+            fail(f"cannot write the results into {out}: {werr.strerror or werr}", code=1)
+        console.print(f"[bold red]could not save the results table either:[/bold red] {werr}", highlight=False)
+    if error is not None:
+        where = f"{len(rows)} image(s) predicted; results so far in {out / 'results.json'}"
+        if isinstance(error, KeyboardInterrupt):
+            console.print(f"[bold red]interrupted[/bold red] after {processed} of {len(files)} input(s); {where}",
+                          highlight=False)
+            raise typer.Exit(130)
+        if isinstance(error, _OutputFolderError):
+            fail(f"{error}; stopped after {processed} of {len(files)} input(s); {where}", code=1)
+        console.print(f"[bold red]stopped by an error[/bold red] after {processed} of {len(files)} input(s); {where}",
+                      highlight=False)
+        raise error
     if report:
-        shown = {
-            "model": info.get("model"),
-            "checkpoint": info.get("checkpoint"),
-            "threshold": info.get("threshold"),
-            "image score": info.get("image_score"),
-            "model input": f"{info.get('input_size')} px (trained with {info.get('input_mode')})",
-            "prediction mode": mode + (f": {info.get('auto_rule')}" if mode == "auto" else ""),
-            "output folder": str(out),
-        }
-        page = write_report(out / "report.html", entries, shown,
-                            [PredictionFailure(f["name"], f["path"], f["error"]) for f in failures])
-        console.print(f"report: {page}", highlight=False)
+        console.print(f"report: {out / 'report.html'}", highlight=False)
     console.print(f"{len(rows)} image(s) predicted; results in {out / 'results.json'} and {out / 'results.csv'}",
                   highlight=False)
     if failures:
@@ -213,10 +421,23 @@ def predict(
         raise typer.Exit(1)
 
 
-def _save_png(path: Path, image: Any) -> Path:
-    from forgeloc.inference.visualize import write_png
+def _write_report(out: Path, entries: list, info: dict[str, Any], failures: list[dict[str, Any]], mode: str) -> None:
+    from forgeloc.inference.predictor import PredictionFailure
+    from forgeloc.inference.report import render_report
 
-    return write_png(path, image)
+    shown = {
+        "model": info.get("model"),
+        "checkpoint": info.get("checkpoint"),
+        "threshold": info.get("threshold"),
+        "image score": info.get("image_score"),
+        "model input": f"{info.get('input_size')} px (trained with {info.get('input_mode')})",
+        "prediction mode": mode + (f": {info.get('auto_rule')}" if mode == "auto" else ""),
+        "output folder": str(out),
+    }
+    if info.get("stopped"):
+        shown["stopped"] = f"{info['stopped']} after {info.get('processed')} of {info.get('total')} input(s)"
+    html = render_report(entries, shown, [PredictionFailure(f["name"], f["path"], f["error"]) for f in failures])
+    _write_replacing(out / "report.html", html.encode("utf-8"))
 
 
 def register(app: typer.Typer) -> None:

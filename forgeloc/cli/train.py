@@ -26,21 +26,38 @@ def train(
       torchrun --nproc_per_node=4 -m forgeloc train -c configs/sparsevit_cat.yaml
       forgeloc train --resume runs/sparsevit_cat
     """
-    from forgeloc.engine.config import load_config
+    from forgeloc.checkpoint import CheckpointError
+    from forgeloc.data.datasets import DatasetError
+    from forgeloc.engine.checkpointing import CHECKPOINT_DIR
+    from forgeloc.engine.config import load_config, validate_device
     from forgeloc.engine.trainer import train as run_training
 
     if config is None and resume is None and not overrides:
         fail("give --config FILE, dotted overrides (model.name=... data.train=...), or --resume RUN_FOLDER")
+    try:
+        validate_device(device)
+    except ValueError as err:
+        fail(f"--device: {err}")
+    fallback_root = None
     if config is None and resume is not None:
-        saved = resume / "config.yaml" if resume.is_dir() else None
+        if not resume.exists():
+            fail(f"--resume {resume}: no such run folder")
+        # A run folder, or one of its checkpoints (RUN/checkpoints/epoch_N): the run's config.yaml.
+        run = resume.parent.parent if resume.parent.name == CHECKPOINT_DIR else resume
+        saved = run / "config.yaml" if run.is_dir() else None
         if saved is None or not saved.is_file():
             fail(f"{resume}: no config.yaml in that run folder; pass --config too")
         config = saved
+        # Runs recorded before paths were stored absolute hold paths relative to where they were started.
+        fallback_root = Path.cwd()
     try:
-        cfg = load_config(config, list(overrides or []))
+        cfg = load_config(config, list(overrides or []), fallback_root=fallback_root)
     except (ValueError, FileNotFoundError) as err:
         fail(str(err))
-    run_training(cfg, resume=resume, device=device)
+    try:
+        run_training(cfg, resume=resume, device=device)
+    except (DatasetError, CheckpointError, OSError, ValueError) as err:
+        fail(str(err), code=1)
 
 
 def register(app: typer.Typer) -> None:

@@ -17,6 +17,7 @@ Every problem in a source is collected and reported at once in one :class:`Datas
 
 from __future__ import annotations
 
+import errno
 import json
 import logging
 import os
@@ -130,6 +131,31 @@ def _is_ignored(path: Path) -> bool:
     return path.name.startswith(".") or path.name.lower() in _IGNORED_NAMES
 
 
+def broken_link(path: Path) -> str | None:
+    """Why ``path`` is a symbolic link that cannot be followed (dangling, looping), else ``None``."""
+    if not path.is_symlink():
+        return None
+    try:
+        os.stat(path)
+    except OSError as err:
+        try:
+            target = os.readlink(path)
+        except OSError:
+            target = "?"
+        if err.errno == errno.ELOOP:
+            return f"symbolic link loop (-> {target}): it never reaches a file"
+        if err.errno in (errno.ENOENT, errno.ENOTDIR):
+            return f"broken symbolic link: its target {target} does not exist"
+        return f"symbolic link to {target} cannot be followed ({err.strerror or err})"
+    return None
+
+
+def same_file_key(path: Path) -> str:
+    """A key equal for two paths of one file: ``..``, ``.``, symbolic links and (where the file
+    system ignores it) letter case are normalised away."""
+    return os.path.normcase(os.path.realpath(path))
+
+
 def _folder_images(folder: Path, problems: list[Problem], *, recursive: bool = False) -> list[Path]:
     """Supported image files in ``folder`` (sorted); other non-hidden files are problems."""
     if not folder.is_dir():
@@ -141,6 +167,10 @@ def _folder_images(folder: Path, problems: list[Problem], *, recursive: bool = F
         if any(_is_ignored(Path(part)) for part in path.relative_to(folder).parts):
             continue
         if path.is_dir():
+            continue
+        link_problem = broken_link(path)
+        if link_problem is not None:
+            problems.append(Problem(str(path), link_problem))
             continue
         if path.suffix.lower() not in IMAGE_EXTENSIONS:
             problems.append(Problem(str(path), f"unsupported extension {path.suffix or '(none)'!r} "
@@ -283,7 +313,7 @@ def _scan_json(path: Path, problems: list[Problem], check_files: bool) -> list[R
     lines = _entry_lines(text)
     base = path.parent
     records = []
-    seen: dict[Path, str] = {}
+    seen: dict[str, Record] = {}
     for i, entry in enumerate(data):
         where = f"{path}:line {lines[i]}" if i < len(lines) else f"{path}:entry {i}"
         if not isinstance(entry, list) or len(entry) != 2:
@@ -326,11 +356,24 @@ def _scan_json(path: Path, problems: list[Problem], check_files: bool) -> list[R
                     bad = True
         if bad:
             continue
-        if image in seen:
-            problems.append(Problem(where, f"image {image_value!r} is listed again (first at {seen[image]})",
-                                    "warning"))
-        seen.setdefault(image, where)
-        records.append(Record(image=image, mask=mask, source=where))
+        record = Record(image=image, mask=mask, source=where)
+        # The same file under two spellings (img/../img/0.png and img/0.png, a link) is one image.
+        # Without file checks (slow network file systems) the paths are only normalised as text.
+        key = same_file_key(image) if check_files else os.path.normcase(os.path.normpath(image))
+        if key in seen:
+            first = seen[key]
+            if first.label != record.label:
+                problems.append(Problem(where, f"image {image_value!r} is listed again with the opposite label "
+                                               f"({'tampered' if record.label else 'authentic'} here, "
+                                               f"{'tampered' if first.label else 'authentic'} at {first.source}): "
+                                               "one image cannot be both"))
+            else:
+                other = "" if first.mask is None or mask is None or same_file_key(first.mask) == same_file_key(
+                    mask) else f", with another mask ({first.mask.name} there, {mask.name} here)"
+                problems.append(Problem(where, f"image {image_value!r} is listed again (first at {first.source}"
+                                               f"{other})", "warning"))
+        seen.setdefault(key, record)
+        records.append(record)
     return records
 
 
@@ -391,7 +434,13 @@ def _scan_layout(folder: Path, fmt: str, problems: list[Problem]) -> list[Record
     records = [Record(image=i, mask=m, source=str(i)) for i, m in _pair_by_stem(images, masks, problems)]
     authentic_dir = _find_child(folder, authentic_name)
     if authentic_dir is not None:
-        records += [Record(image=p, mask=None, source=str(p)) for p in _folder_images(authentic_dir, problems)]
+        tampered = {same_file_key(r.image): r for r in records}
+        for p in _folder_images(authentic_dir, problems):
+            twin = tampered.get(same_file_key(p))
+            if twin is not None:
+                problems.append(Problem(str(p), f"the same file as the tampered image {twin.image} (a link?): "
+                                                "one image cannot be both authentic and tampered"))
+            records.append(Record(image=p, mask=None, source=str(p)))
     if not records and not problems:
         problems.append(Problem(str(folder), f"no images in {tampered_name}/"
                                              + (f" or {authentic_name}/" if authentic_dir else "")))

@@ -16,14 +16,25 @@ Layout of a run's output folder::
 
 ``train_state.pt`` holds only tensors and plain Python values, so it loads with
 ``torch.load(weights_only=True)``.
+
+A write that fails (disk full, Ctrl+C) removes its temporary folder; temporary folders left by a
+killed process are ignored when looking for checkpoints and removed by :func:`remove_stale_temporaries`
+when a run (re)starts. A checkpoint whose files exist but cannot be read (truncated by a copy, a bad
+disk) is skipped by :func:`load_resume_checkpoint` with a warning naming the file: the previous
+complete checkpoint is used instead.
 """
 
 from __future__ import annotations
 
+import errno
 import json
+import logging
 import os
+import pickle
 import random
+import re
 import shutil
+import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -31,11 +42,26 @@ import numpy as np
 import torch
 from torch import nn
 
-from forgeloc.checkpoint import CONFIG_FILE, MODEL_FILE, atomic_write, save_state_dict
+from forgeloc.checkpoint import (
+    CONFIG_FILE,
+    MODEL_FILE,
+    CheckpointError,
+    atomic_write,
+    load_state_dict_file,
+    save_state_dict,
+)
+
+log = logging.getLogger(__name__)
 
 STATE_FILE = "train_state.pt"
 LATEST_FILE = "latest"
 CHECKPOINT_DIR = "checkpoints"
+BEST_DIR = "best"
+# Temporary names: ``.epoch_0003.tmp<pid>`` (checkpoints/), ``.best.tmp<pid>`` / ``.best.old<pid>`` (run folder).
+_TMP_PATTERN = re.compile(r"^\.(?:epoch_\d+|best)\.(tmp|old)(\d+)$")
+# What reading a damaged train_state.pt / model.safetensors raises (a truncated zip, an empty file...).
+_UNREADABLE = (CheckpointError, RuntimeError, OSError, EOFError, ValueError, KeyError, pickle.UnpicklingError,
+               zipfile.BadZipFile)
 
 
 def rng_state() -> dict[str, Any]:
@@ -84,7 +110,11 @@ def save_checkpoint(
     keep_last: int = 2,
     protect: tuple[str, ...] = (),
 ) -> Path:
-    """Write ``checkpoints/epoch_XXXX`` completely, then point ``latest`` at it, then prune."""
+    """Write ``checkpoints/epoch_XXXX`` completely, then point ``latest`` at it, then prune.
+
+    If anything fails on the way (disk full, Ctrl+C), the temporary folder is removed before the
+    error propagates: a failed write leaves the run as it was.
+    """
     root = output_dir / CHECKPOINT_DIR
     root.mkdir(parents=True, exist_ok=True)
     name = f"epoch_{epoch:04d}"
@@ -92,12 +122,16 @@ def save_checkpoint(
     tmp = root / f".{name}.tmp{os.getpid()}"
     if tmp.exists():
         shutil.rmtree(tmp)
-    write_model_folder(tmp, model_state, inference_config)
-    torch.save(train_state, tmp / STATE_FILE)
-    _fsync_file(tmp / STATE_FILE)
-    if final.exists():
-        shutil.rmtree(final)
-    os.replace(tmp, final)
+    try:
+        write_model_folder(tmp, model_state, inference_config)
+        torch.save(train_state, tmp / STATE_FILE)
+        _fsync_file(tmp / STATE_FILE)
+        if final.exists():
+            shutil.rmtree(final)
+        os.replace(tmp, final)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
     atomic_write(root / LATEST_FILE, lambda p: p.write_text(name + "\n"))
     _prune(root, keep_last, protect=(name, *protect))
     return final
@@ -112,44 +146,149 @@ def _prune(root: Path, keep_last: int, protect: tuple[str, ...]) -> None:
         shutil.rmtree(stale, ignore_errors=True)
 
 
+def _pid_alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return False  # ours, from an earlier failed write in this process: stale too
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError as err:  # EPERM: someone else's live process
+        return err.errno == errno.EPERM
+    return True
+
+
+def remove_stale_temporaries(output_dir: Path) -> list[Path]:
+    """Remove what interrupted writes left in a run folder; returns what was removed.
+
+    ``.epoch_*.tmp<pid>`` and ``.best.tmp<pid>`` folders of processes that no longer run are
+    deleted (they hold partial copies and only take space); a ``best/`` that was being replaced
+    when the process died (moved aside to ``.best.old<pid>``, new one not yet in place) is put back.
+    """
+    output_dir = Path(output_dir)
+    removed: list[Path] = []
+    for folder in (output_dir / CHECKPOINT_DIR, output_dir):
+        if not folder.is_dir():
+            continue
+        for entry in sorted(folder.iterdir()):
+            match = _TMP_PATTERN.match(entry.name)
+            if match is None or _pid_alive(int(match.group(2))):
+                continue
+            if match.group(1) == "old" and entry.name.startswith(".best") and not (output_dir / BEST_DIR).exists():
+                os.replace(entry, output_dir / BEST_DIR)
+                log.warning("restored %s from %s (an interrupted update of the best checkpoint)",
+                            output_dir / BEST_DIR, entry.name)
+                continue
+            if entry.is_dir():
+                shutil.rmtree(entry, ignore_errors=True)
+            else:
+                entry.unlink(missing_ok=True)
+            removed.append(entry)
+    if removed:
+        log.info("removed %d temporary folder(s) left by an interrupted write: %s", len(removed),
+                 ", ".join(p.name for p in removed))
+    return removed
+
+
 def is_complete(folder: Path) -> bool:
     return all((folder / f).is_file() for f in (MODEL_FILE, CONFIG_FILE, STATE_FILE))
 
 
-def find_latest_checkpoint(path: Path) -> Path | None:
-    """Newest complete checkpoint under a run folder (or ``path`` itself if it is one)."""
+def _checkpoint_root(path: Path) -> Path:
+    return path / CHECKPOINT_DIR if (path / CHECKPOINT_DIR).is_dir() else path
+
+
+def complete_checkpoints(path: Path) -> list[Path]:
+    """Complete checkpoints of a run folder, newest first: the one ``latest`` names, then the
+    others by epoch. ``path`` may also be a checkpoint folder (then only it). Temporary folders
+    (``.epoch_*.tmp*``) never count."""
     path = Path(path)
     if is_complete(path):
-        return path
-    root = path / CHECKPOINT_DIR if (path / CHECKPOINT_DIR).is_dir() else path
+        return [path]
+    root = _checkpoint_root(path)
+    found = sorted((p for p in root.glob("epoch_*") if is_complete(p)), reverse=True)
     latest = root / LATEST_FILE
     if latest.is_file():
-        candidate = root / latest.read_text().strip()
-        if is_complete(candidate):
-            return candidate
-    complete = sorted(p for p in root.glob("epoch_*") if is_complete(p))
-    return complete[-1] if complete else None
+        try:
+            named = root / latest.read_text().strip()
+        except (OSError, UnicodeDecodeError):
+            named = None
+        if named is not None and named in found:
+            found.remove(named)
+            found.insert(0, named)
+    return found
+
+
+def find_latest_checkpoint(path: Path) -> Path | None:
+    """Newest complete checkpoint under a run folder (or ``path`` itself if it is one)."""
+    found = complete_checkpoints(path)
+    return found[0] if found else None
 
 
 def load_train_state(folder: Path) -> dict[str, Any]:
     return torch.load(folder / STATE_FILE, map_location="cpu", weights_only=True)
 
 
+def load_resume_checkpoint(path: Path) -> tuple[Path, dict[str, Any], dict[str, torch.Tensor]]:
+    """``(checkpoint folder, training state, model weights)`` of the newest *readable* checkpoint.
+
+    A checkpoint whose ``train_state.pt`` or ``model.safetensors`` cannot be read (truncated,
+    damaged) is skipped with a warning that names the file, and the previous complete one is
+    tried, as a checkpoint with a missing file is. Raises ``FileNotFoundError`` when there is no
+    complete checkpoint and :class:`~forgeloc.checkpoint.CheckpointError` when none is readable.
+    """
+    candidates = complete_checkpoints(path)
+    if not candidates:
+        raise FileNotFoundError(f"--resume {path}: no complete checkpoint found there")
+    damaged: list[str] = []
+    for n, ckpt in enumerate(candidates):
+        for_file = ckpt / STATE_FILE
+        try:
+            state = load_train_state(ckpt)
+            if not isinstance(state, dict) or "epoch" not in state:
+                raise ValueError("not a forgeloc training state (no epoch)")
+            for_file = ckpt / MODEL_FILE
+            weights = load_state_dict_file(ckpt)
+        except _UNREADABLE as err:
+            reason = (str(err).splitlines() or [type(err).__name__])[0]
+            reason = reason.split(". ")[0]  # torch appends several sentences of advice
+            damaged.append(f"{for_file}: {reason}")
+            later = candidates[n + 1] if n + 1 < len(candidates) else None
+            log.warning("cannot read %s (%s); %s", for_file, reason,
+                        f"falling back to the previous checkpoint {later}" if later else "no earlier checkpoint")
+            continue
+        return ckpt, state, weights
+    raise CheckpointError(f"--resume {path}: no readable checkpoint ({'; '.join(damaged)})")
+
+
 def copy_as_best(checkpoint: Path, output_dir: Path) -> Path:
-    """Replace ``output_dir/best`` with the inference files of ``checkpoint`` (atomically)."""
-    best = output_dir / "best"
+    """Replace ``output_dir/best`` with the inference files of ``checkpoint`` (atomically).
+
+    On failure (disk full...) the temporary copy is removed and the previous ``best/`` kept.
+    """
+    best = output_dir / BEST_DIR
     tmp = output_dir / f".best.tmp{os.getpid()}"
+    old = output_dir / f".best.old{os.getpid()}"
     if tmp.exists():
         shutil.rmtree(tmp)
-    tmp.mkdir(parents=True)
-    for f in (MODEL_FILE, CONFIG_FILE):
-        shutil.copy2(checkpoint / f, tmp / f)
-    old = output_dir / f".best.old{os.getpid()}"
-    if best.exists():
-        os.replace(best, old)
-    os.replace(tmp, best)
+    try:
+        tmp.mkdir(parents=True)
+        for f in (MODEL_FILE, CONFIG_FILE):
+            shutil.copy2(checkpoint / f, tmp / f)
+            _fsync_file(tmp / f)
+        if best.exists():
+            os.replace(best, old)
+        try:
+            os.replace(tmp, best)
+        except BaseException:
+            if old.exists() and not best.exists():
+                os.replace(old, best)
+            raise
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
     if old.exists():
-        shutil.rmtree(old)
+        shutil.rmtree(old, ignore_errors=True)
     return best
 
 

@@ -4,7 +4,9 @@ A config file has five sections — ``model``, ``data``, ``optim``, ``train``, `
 fields are documented below; unknown keys are errors (a typo must not silently fall back to a
 default). Command-line overrides use dotted paths: ``train.epochs=3 optim.lr=1e-4``.
 
-Relative dataset paths are resolved against the config file's folder.
+Relative dataset paths are resolved against the config file's folder (paths given as command-line
+overrides: against the working directory). A run's own ``config.yaml`` records every path as an
+absolute path (:meth:`Config.with_absolute_paths`), so ``--resume RUN`` finds the data from anywhere.
 """
 
 from __future__ import annotations
@@ -57,6 +59,20 @@ class DataConfig(_Strict):
     edge_width: int | None = None
     num_workers: int = 2
     max_pixels: int | None = Field(default=None, description="decompression-bomb limit (None = library default)")
+
+    @field_validator("input_size")
+    @classmethod
+    def _positive_size(cls, v: int) -> int:
+        if v < 1:
+            raise ValueError(f"must be a positive number of pixels, got {v}")
+        return v
+
+    @field_validator("max_pixels")
+    @classmethod
+    def _positive_pixels(cls, v: int | None) -> int | None:
+        if v is not None and v < 1:
+            raise ValueError(f"must be a positive number of pixels (or null for the default), got {v}")
+        return v
 
     @field_validator("train", mode="before")
     @classmethod
@@ -122,6 +138,13 @@ class EvalConfig(_Strict):
     image_score: str = "max"
     batch_size: int | None = None
 
+    @field_validator("threshold")
+    @classmethod
+    def _probability(cls, v: float) -> float:
+        if not 0.0 <= v <= 1.0:  # also refuses NaN
+            raise ValueError(f"must be in [0, 1] (the heatmap is a probability), got {v}")
+        return v
+
 
 class Config(_Strict):
     """The whole run configuration."""
@@ -140,6 +163,21 @@ class Config(_Strict):
 
     def to_dict(self) -> dict[str, Any]:
         return self.model_dump(mode="json")
+
+    def with_absolute_paths(self, base: str | Path | None = None) -> Config:
+        """A copy whose dataset, checkpoint and ``*_path`` option paths and ``train.output_dir`` are
+        absolute, relative ones taken against ``base`` (default: the working directory, which is
+        what a relative path in a :class:`Config` built in Python means when the run opens it).
+
+        The trainer records this form in ``RUN/config.yaml``: the file then means the same thing
+        wherever it is read from (``forgeloc train --resume RUN`` from any directory).
+        """
+        root = Path(base) if base is not None else Path.cwd()
+        raw = self.to_dict()
+        _resolve_paths(raw, root)
+        out = Path(raw["train"]["output_dir"]).expanduser()
+        raw["train"]["output_dir"] = str(out if out.is_absolute() else (root / out).resolve())
+        return Config.model_validate(raw)
 
 
 def _set_dotted(tree: dict[str, Any], dotted: str, value: Any) -> None:
@@ -163,12 +201,21 @@ def parse_overrides(overrides: list[str]) -> list[tuple[str, Any]]:
     return parsed
 
 
-def _resolve_paths(raw: dict[str, Any], base: Path) -> None:
+def _resolve_paths(raw: dict[str, Any], base: Path, fallback: Path | None = None) -> None:
+    """Make the data / checkpoint paths of a raw config absolute, relative ones against ``base``.
+
+    ``fallback``: a second base, used for a relative path that does not exist under ``base`` but
+    does under ``fallback`` (run folders written before paths were recorded absolute held paths
+    relative to the directory the run was started from).
+    """
     data = raw.get("data") or {}
 
     def fix(p: Any) -> Any:
         if isinstance(p, str) and p and not Path(p).expanduser().is_absolute():
-            return str((base / p).resolve())
+            primary = (base / p).resolve()
+            if fallback is not None and not primary.exists() and (fallback / p).exists():
+                return str((fallback / p).resolve())
+            return str(primary)
         return str(Path(p).expanduser()) if isinstance(p, str) else p
 
     train = data.get("train")
@@ -189,8 +236,18 @@ def _resolve_paths(raw: dict[str, Any], base: Path) -> None:
             kwargs[key] = fix(value)
 
 
-def load_config(path: str | Path | None = None, overrides: list[str] | None = None, base: dict | None = None) -> Config:
-    """Read a YAML/TOML config, apply dotted overrides, resolve relative paths, validate."""
+def load_config(
+    path: str | Path | None = None,
+    overrides: list[str] | None = None,
+    base: dict | None = None,
+    *,
+    fallback_root: str | Path | None = None,
+) -> Config:
+    """Read a YAML/TOML config, apply dotted overrides, resolve relative paths, validate.
+
+    ``fallback_root``: where to look for a relative path of the file that does not exist next to
+    the file (see :func:`_resolve_paths`); used for the ``config.yaml`` of older run folders.
+    """
     raw: dict[str, Any] = dict(base or {})
     root = Path.cwd()
     if path is not None:
@@ -202,7 +259,7 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
         if not isinstance(raw, dict):
             raise ValueError(f"{path}: a config must be a mapping with sections model/data/optim/train/eval")
         root = path.resolve().parent
-    _resolve_paths(raw, root)
+    _resolve_paths(raw, root, Path(fallback_root) if fallback_root is not None else None)
     for key, value in parse_overrides(overrides or []):
         # Paths given on the command line are relative to the working directory, not the config.
         # The override replaces the value at its path (a whole section given as a mapping
@@ -215,3 +272,30 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
             node = node[part]
         _set_dotted(raw, key, node)
     return Config.model_validate(raw)
+
+
+def validate_device(device: str | None) -> None:
+    """Raise ``ValueError`` with a one-line reason when ``device`` cannot be used on this machine.
+
+    ``None`` / ``"auto"`` always pass (CUDA when available, else the CPU).
+    """
+    if device in (None, "auto"):
+        return
+    import torch
+
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, ValueError, TypeError):
+        raise ValueError(f"unknown device {device!r}: use cpu, cuda or cuda:N") from None
+    if dev.type == "cpu":
+        return
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ValueError(f"device {device!r} requested but CUDA is not available here; use --device cpu")
+        count = torch.cuda.device_count()
+        if dev.index is not None and dev.index >= count:
+            raise ValueError(f"device {device!r}: this machine has {count} CUDA device(s) (cuda:0 to cuda:{count - 1})")
+        return
+    if dev.type == "mps" and getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+        return
+    raise ValueError(f"device {device!r} is not supported here: use cpu, cuda or cuda:N")

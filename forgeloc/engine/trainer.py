@@ -31,12 +31,16 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
 from forgeloc import __version__
-from forgeloc.checkpoint import load_model_weights, load_state_dict_file
+from forgeloc.checkpoint import atomic_write, load_model_weights
 from forgeloc.data.transforms import IMAGENET_MEAN, IMAGENET_STD
 from forgeloc.engine.checkpointing import (
+    BEST_DIR,
+    CHECKPOINT_DIR,
+    complete_checkpoints,
     copy_as_best,
-    find_latest_checkpoint,
-    load_train_state,
+    is_complete,
+    load_resume_checkpoint,
+    remove_stale_temporaries,
     rng_state,
     save_checkpoint,
     set_rng_state,
@@ -106,6 +110,29 @@ def model_input_size(model: nn.Module, cfg: Config) -> int:
     return size
 
 
+def resume_output_dir(resume: str | Path, configured: str | Path) -> Path:
+    """The folder a resumed run writes into: the run that ``--resume`` points at.
+
+    ``resume`` is a run folder (``RUN``) or one of its checkpoints (``RUN/checkpoints/epoch_N``):
+    the run continues in ``RUN``, whatever output folder its config names. A copied or renamed
+    run folder therefore continues in the copy, never in the folder it was copied from. A
+    checkpoint folder outside a run continues into ``configured`` (``train.output_dir``), unless
+    that folder already holds another run's checkpoints.
+    """
+    resume = Path(resume).expanduser()
+    if not is_complete(resume):
+        return resume
+    if resume.parent.name == CHECKPOINT_DIR:
+        return resume.parent.parent
+    out = Path(configured).expanduser()
+    if complete_checkpoints(out):
+        raise ValueError(
+            f"--resume {resume} is a checkpoint outside a run folder and train.output_dir={configured} already "
+            "holds another run's checkpoints; set train.output_dir to a new folder"
+        )
+    return out
+
+
 def inference_config(cfg: Config, model: nn.Module, size: int, epoch: int, metrics: dict | None) -> dict[str, Any]:
     """``config.json`` of a checkpoint: everything ``forgeloc.load`` needs to predict."""
     net = unwrap(model)
@@ -152,7 +179,17 @@ class Trainer:
     def _fit(self, info: DistInfo) -> TrainResult:
         cfg = self.cfg
         setup_logging(enabled=info.is_main)
-        out_dir = Path(cfg.train.output_dir)
+        out_dir = Path(cfg.train.output_dir).expanduser()
+        if self.resume is not None:
+            out_dir = resume_output_dir(self.resume, cfg.train.output_dir)
+            if Path(cfg.train.output_dir).expanduser().resolve() != out_dir.resolve() and info.is_main:
+                log.warning("resuming %s: writing into %s, not into train.output_dir=%s (a resumed run "
+                            "continues where --resume points)", self.resume, out_dir, cfg.train.output_dir)
+            cfg = cfg.model_copy(update={"train": cfg.train.model_copy(update={"output_dir": str(out_dir)})})
+        # What the run records (config.yaml, each checkpoint's config.json) must mean the same from
+        # any directory: relative paths are made absolute, against the directory they are opened from.
+        cfg = cfg.with_absolute_paths()
+        self.cfg = cfg
         if cfg.train.deterministic:
             enable_determinism()
         torch.manual_seed(cfg.train.seed + info.rank)
@@ -171,11 +208,8 @@ class Trainer:
 
         start_epoch, best_value, best_epoch, history = 0, None, None, []
         if self.resume is not None:
-            ckpt = find_latest_checkpoint(self.resume)
-            if ckpt is None:
-                raise FileNotFoundError(f"--resume {self.resume}: no complete checkpoint found there")
-            state = load_train_state(ckpt)
-            _load_run_weights(unwrap(model), load_state_dict_file(ckpt), state.get("aux_state"))
+            ckpt, state, weights = load_resume_checkpoint(self.resume)
+            _load_run_weights(unwrap(model), weights, state.get("aux_state"))
             optimizer.load_state_dict(state["optimizer"])
             scaler.load_state_dict(state["scaler"])
             set_rng_state(state["rng"])
@@ -183,14 +217,6 @@ class Trainer:
             best_value, best_epoch = state.get("best_value"), state.get("best_epoch")
             history = list(state.get("history", []))
             log.info("resumed from %s: continuing at epoch %d", ckpt, start_epoch)
-
-        if info.is_main:
-            out_dir.mkdir(parents=True, exist_ok=True)
-            (out_dir / "config.yaml").write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
-            pre = getattr(unwrap(model), "pretrained_note", None)
-            n_params = sum(p.numel() for p in model.parameters())
-            log.info("model %s: %s parameters%s", cfg.model.name, f"{n_params:,}", f" ({pre})" if pre else "")
-        run_log = RunLogger(out_dir, enabled=info.is_main, tensorboard=cfg.train.tensorboard)
 
         train_model: nn.Module = model
         if info.distributed:
@@ -217,15 +243,25 @@ class Trainer:
         test_loaders = {
             name: build_eval_loader(path, cfg, info, size=size) for name, path in cfg.data.test.items()
         }
+
+        # Only now, with the checkpoint read and the data found, is anything written into the run.
         if info.is_main:
+            out_dir.mkdir(parents=True, exist_ok=True)
+            remove_stale_temporaries(out_dir)
+            text = yaml.safe_dump(cfg.to_dict(), sort_keys=False)
+            atomic_write(out_dir / "config.yaml", lambda tmp: tmp.write_text(text))
+            pre = getattr(unwrap(model), "pretrained_note", None)
+            n_params = sum(p.numel() for p in model.parameters())
+            log.info("model %s: %s parameters%s", cfg.model.name, f"{n_params:,}", f" ({pre})" if pre else "")
             log.info(
                 "training %d epochs × %d steps (batch %d × accum %d × %d processes) on %s; %d samples per epoch",
                 cfg.train.epochs, steps_per_epoch, cfg.train.batch_size, accum, info.world_size,
                 info.device, len(dataset),
             )
+        run_log = RunLogger(out_dir, enabled=info.is_main, tensorboard=cfg.train.tensorboard)
 
         last_ckpt: Path | None = None
-        best_ckpt: Path | None = (out_dir / "best") if best_epoch is not None else None
+        best_ckpt: Path | None = (out_dir / BEST_DIR) if best_epoch is not None else None
         final_metrics: dict[str, dict[str, Any]] = {}
         for epoch in range(start_epoch, cfg.train.epochs):
             torch.manual_seed(epoch_seed(cfg.train.seed, epoch, info.rank))
