@@ -96,3 +96,14 @@ def test_native_windows_cover_large_images_on_the_grid():
             assert ys.stop - ys.start < NATIVE_WINDOW + 8 and xs.stop - xs.start < NATIVE_WINDOW + 8
             cover[ys, xs] = True
         assert cover.all()
+
+
+def test_the_default_detector_recipe_validates():
+    from pathlib import Path
+
+    from forgeloc.engine.gridnet_training import GridNetTrainConfig
+
+    path = Path(__file__).resolve().parents[1] / "configs" / "default_detector" / "gridnet.yaml"
+    cfg = GridNetTrainConfig.from_yaml(path)
+    assert cfg.model in forgeloc.list_models()
+    assert cfg.train.endswith("data/realsynth/train/dataset.json") and Path(cfg.train).is_absolute()

@@ -9,8 +9,8 @@ checkpoints and resume.
 
 ::
 
-    python -m forgeloc.engine.gridnet_training -c configs/default_detector.yaml
-    python -m forgeloc.engine.gridnet_training -c configs/default_detector.yaml --resume
+    python -m forgeloc.engine.gridnet_training -c configs/default_detector/gridnet.yaml
+    python -m forgeloc.engine.gridnet_training -c configs/default_detector/gridnet.yaml --resume
 """
 
 from __future__ import annotations
