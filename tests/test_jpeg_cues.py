@@ -233,6 +233,11 @@ def test_truncated_jpeg_is_not_applicable(cut):
     assert not estimate_quality(image)["applicable"]
 
 
+def test_adq_needs_enough_blocks_for_histograms():
+    result = detect_adq(ImageInput.from_bytes(jpeg_bytes(data.astronaut()[:40, :64], 90)))
+    assert not result.applicable and "too small" in result.reason
+
+
 def test_garbage_jpeg_bytes_are_not_applicable():
     image = ImageInput(rgb=data.astronaut(), data=b"\xff\xd8\xff\xe0garbage", format="JPEG")
     result = detect_adq(image)
