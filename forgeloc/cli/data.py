@@ -17,7 +17,8 @@ err_console = Console(stderr=True)
 
 data_app = typer.Typer(
     name="data",
-    help="Check and convert datasets: JSON lists, Tp/Gt(/Au) folders, images/masks(/authentic) folders.",
+    help="Check, convert and prepare datasets: JSON lists, Tp/Gt(/Au) folders, images/masks(/authentic) folders, "
+         "and the field's standard datasets as they ship (prepare).",
     no_args_is_help=True,
     rich_markup_mode="rich",
 )
@@ -139,6 +140,118 @@ def convert(
     n_neg = sum(1 for r in records if r.mask is None)
     console.print(f"wrote {escape(str(out))}: {len(records)} entries ({len(records) - n_neg} tampered, "
                   f"{n_neg} authentic)", soft_wrap=True)
+
+
+def _prepare_help() -> str:
+    from forgeloc.data.prepare import RECIPES
+
+    lines = "\n\n".join(f"[bold]{name}[/bold] ({escape(r.dataset)}): {escape(r.layout)}" for name, r in RECIPES.items())
+    return (
+        "Turn a standard dataset, in the folder layout it ships in, into a checked forgeloc dataset: "
+        "OUT/dataset.json (an IMDLBenCo-style list, paths relative to it), binary masks under OUT/masks/ when the "
+        "shipped masks need converting, OUT/prepare_report.json with the counts and every skipped file with its "
+        "reason. The source is never written to; a second run gives identical files.\n\n"
+        "Nothing is resized unless asked: masks whose size differs from their image are skipped (--resize-masks "
+        "resizes them), images only with --long-side. Layouts, mask rules and known defects: docs/reproduce.md."
+        "\n\n" + lines
+    )
+
+
+@data_app.command("prepare", help=_prepare_help())
+def prepare(
+    name: str = typer.Argument(..., help="Recipe: casia1, casia2, columbia, coverage, nist16, imd2020, def12k, "
+                                         "tampcoco, fantasticreality (aliases such as CASIAv1 are accepted)."),
+    source: Path = typer.Argument(..., help="The dataset's folder as downloaded and unpacked (only read)."),
+    out: Path = typer.Option(..., "--out", "-o", help="Output folder (new, empty, or written by an earlier prepare)."),
+    masks: Path | None = typer.Option(
+        None, "--masks", help="Ground-truth folder when it ships apart (CASIA v1.0/v2.0: Pham et al.'s "
+                              "casia1groundtruth / casia2groundtruth); default: looked for inside SOURCE."),
+    corrections: Path | None = typer.Option(
+        None, "--corrections", help="Folder of corrected masks; each replaces the source mask with the same name "
+                                    "(e.g. the revised masks of SunnyHaze/IML-Dataset-Corrections)."),
+    resize_masks: bool = typer.Option(
+        False, "--resize-masks", help="Resize a mask whose size differs from its image (nearest neighbour) instead "
+                                      "of skipping the image. Counted in the report."),
+    long_side: int | None = typer.Option(
+        None, "--long-side", help="Resize images whose long side is larger than this (e.g. 1024, as the NIST16 and "
+                                  "IMD2020 lists of Mesorch / IMDLBenCo), masks with nearest neighbour."),
+    resized_format: str = typer.Option(
+        "same", "--resized-format", help="Resized images: 'same' (their own format with Pillow's defaults, JPEG "
+                                         "quality 75, as IMDLBenCo's script) or 'png' (lossless)."),
+    authentic: bool = typer.Option(True, "--authentic/--no-authentic", help="Include the authentic images."),
+    list_file: Path | None = typer.Option(
+        None, "--list", help="DEF-12k: MVSS-Net's index (data/DEFACTO12k-test.txt). NIST16: another reference CSV "
+                             "than reference/manipulation/NC2016-manipulation-ref.csv."),
+    subset: list[str] = typer.Option([], "--subset", help="tampCOCO: sp, cm, bcm, bcmc (repeat; default all)."),
+    spliced_colour: str = typer.Option(
+        "green", "--spliced-colour", help="Columbia: colour of the spliced region in the edge masks (green|red)."),
+    absolute: bool = typer.Option(False, "--absolute", help="Absolute paths in the list (for IMDLBenCo itself)."),
+    run_check: bool = typer.Option(True, "--check/--no-check", help="Read the result with forgeloc data check."),
+    workers: int = typer.Option(4, "--workers", help="Threads reading and converting masks."),
+    max_pixels: int = typer.Option(DEFAULT_MAX_PIXELS, "--max-pixels", help="Refuse images with more pixels."),
+    json_report: Path | None = typer.Option(None, "--json", help="Also write the report to this JSON file."),
+) -> None:
+    """Prepare a standard dataset from its shipped layout."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
+
+    from forgeloc.data.prepare import PrepareError, PrepareOptions
+    from forgeloc.data.prepare import prepare as run_prepare
+
+    options = PrepareOptions(
+        masks=masks, corrections=corrections, resize_masks=resize_masks, long_side=long_side,
+        resized_format=resized_format, include_authentic=authentic, list_file=list_file,
+        subsets=tuple(s.lower() for s in subset) or None, spliced_colour=spliced_colour.lower(), absolute=absolute,
+        check=run_check, workers=workers, max_pixels=max_pixels,
+    )
+    try:
+        with Progress(TextColumn("preparing"), BarColumn(), MofNCompleteColumn(), console=err_console,
+                      transient=True, disable=not err_console.is_terminal) as bar:
+            task = bar.add_task("prepare", total=None)
+            report = run_prepare(name, source, out, options,
+                                 progress=lambda done, total: bar.update(task, completed=done, total=total))
+    except PrepareError as err:
+        err_console.print(f"[red]error:[/red] {escape(str(err))}", soft_wrap=True)
+        raise typer.Exit(2) from err
+
+    c = report.counts
+    table = Table(title=f"{escape(report.dataset)} from {escape(str(source))}", show_header=False,
+                  title_justify="left")
+    table.add_column(style="bold")
+    table.add_column()
+    for group, rel in report.lists.items():
+        counts = report.per_list.get(group, {"tampered": c["tampered"], "authentic": c["authentic"]})
+        table.add_row(f"list {escape(group)}" if group else "list", f"{escape(str(out / rel))} "
+                      f"({counts['tampered']} tampered, {counts['authentic']} authentic)")
+    table.add_row("tampered", str(c["tampered"]))
+    table.add_row("authentic", str(c["authentic"]))
+    table.add_row("skipped", f"[yellow]{c['skipped']}[/yellow]" if c["skipped"] else "0")
+    table.add_row("masks used as shipped / written", f"{c['masks_from_source']} / {c['masks_written']}")
+    for key, label in (("masks_resized", "masks resized (--resize-masks)"), ("images_resized", "images resized"),
+                       ("corrections_applied", "corrections applied"), ("empty_masks", "empty masks")):
+        if c[key]:
+            table.add_row(label, str(c[key]))
+    console.print(table)
+    for note in report.notes:
+        console.print(f"note: {escape(note)}", soft_wrap=True)
+    for d in report.known_defects:
+        console.print(f"known defect: {escape(d['sample'])}: {escape(d['defect'])} -> {escape(d['outcome'])}",
+                      soft_wrap=True)
+    for s in report.skipped:
+        console.print(f"[yellow]skipped[/yellow] {escape(s['path'])}: {escape(s['reason'])}", soft_wrap=True)
+    if report.removed:
+        console.print(f"removed {len(report.removed)} file(s) an earlier run wrote and this one no longer does")
+    if json_report is not None:
+        json_report.write_text(json.dumps({**report.to_dict(), "check": report.check}, indent=2))
+    for group, result in report.check.items():
+        colour = "red" if result["errors"] else "green"
+        console.print(f"check {escape(group)}: [{colour}]{result['errors']} error(s)[/{colour}], "
+                      f"{result['warnings']} warning(s)")
+        if result["errors"]:
+            for problem in result["problems"]:
+                console.print(f"  {escape(problem)}", soft_wrap=True)
+    console.print(f"report: {escape(str(out / 'prepare_report.json'))}", soft_wrap=True)
+    if not report.ok:
+        raise typer.Exit(1)
 
 
 def register(app: typer.Typer) -> None:
