@@ -147,7 +147,8 @@ class Prediction:
         }
 
     def save(self, folder: str | Path, stem: str | None = None, write_json: bool = True) -> dict[str, str]:
-        """Write ``<stem>_heatmap.png``, ``<stem>_overlay.png``, ``<stem>_mask.png`` (0/255) and
+        """Write ``<stem>_heatmap.png``, ``<stem>_overlay.png``, ``<stem>_predmask.png`` (0/255; not
+        ``_mask``, which datasets read as ground truth) and
         ``<stem>.json`` into ``folder``; return the written paths by kind."""
         folder = Path(folder)
         folder.mkdir(parents=True, exist_ok=True)
@@ -155,7 +156,7 @@ class Prediction:
         files = {
             "heatmap": viz.write_png(folder / f"{stem}_heatmap.png", self.heatmap_rgb()),
             "overlay": viz.write_png(folder / f"{stem}_overlay.png", self.overlay()),
-            "mask": viz.write_png(folder / f"{stem}_mask.png", self.mask_uint8()),
+            "mask": viz.write_png(folder / f"{stem}_predmask.png", self.mask_uint8()),
         }
         out = {k: str(v) for k, v in files.items()}
         if write_json:
