@@ -43,6 +43,7 @@ _COMMAND_MODULES = (
     "predict",
     "serve",
     "detectors",
+    "compare",
 )
 
 
