@@ -2,11 +2,15 @@
 
 Needs the Debian ``chromium`` package at /usr/bin/chromium (Playwright cannot download its own
 browsers here); skipped with that reason otherwise. Screenshots go to ``test-artifacts/``.
+
+The served checkpoint records cues and a calibration (as a packaged detector does), so the page
+shows the model label, the verdict band and one panel per cue.
 """
 
 from __future__ import annotations
 
 import base64
+import hashlib
 import io
 import json
 import os
@@ -28,6 +32,9 @@ CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_ARGS = ["--no-sandbox", "--headless", "--disable-gpu", "--disable-background-networking",
                  "--disable-component-update", "--no-first-run", "--disable-sync"]
 ARTIFACTS = REPO / "test-artifacts"
+SERVED_CUES = ["ela", "metadata", "jpeg_adq", "noise"]
+BUSY = "busy: one prediction at a time; try again when it finishes"
+VERDICT = re.compile(r"^(no evidence found|inconclusive|likely manipulated) \(\d\.\d\d\)$")
 
 
 def _free_port() -> int:
@@ -37,9 +44,19 @@ def _free_port() -> int:
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory):
-    """``python -m forgeloc serve`` on a free port with a tiny checkpoint; yields its base URL."""
+def checkpoint(tmp_path_factory) -> Path:
+    """A tiny checkpoint whose config.json records cues to run and calibration bands."""
     ckpt = make_tiny_checkpoint(tmp_path_factory.mktemp("serve") / "tiny", size=64)
+    config = json.loads((ckpt / "config.json").read_text())
+    config.update(cues=SERVED_CUES, calibration={"low": 0.3, "high": 0.7, "method": "browser test bands"})
+    (ckpt / "config.json").write_text(json.dumps(config))
+    return ckpt
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory, checkpoint):
+    """``python -m forgeloc serve`` on a free port with a tiny checkpoint; yields its base URL."""
+    ckpt = checkpoint
     port = _free_port()
     log = tmp_path_factory.mktemp("serve_log") / "server.log"
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
@@ -95,7 +112,7 @@ def _watch_errors(page) -> list[str]:
 
 
 @pytest.mark.browser
-def test_upload_result_slider_download_and_errors(server, browser, tmp_path):
+def test_upload_result_slider_download_and_errors(server, browser, tmp_path, checkpoint):
     ARTIFACTS.mkdir(exist_ok=True)
     photo = shared_path(*COVERAGE_PNG)
     page = browser.new_page(viewport={"width": 1200, "height": 900})
@@ -122,6 +139,37 @@ def test_upload_result_slider_download_and_errors(server, browser, tmp_path):
     for img in ("#overlay-photo", "#overlay-layer", "#heatmap"):
         assert page.eval_on_selector(img, "e => e.complete && e.naturalWidth > 0"), img
 
+    # Model identity, verdict band, chain of custody, one panel per cue.
+    label = page.locator("#model-label")
+    expect(label).to_be_visible()
+    expect(label).to_contain_text("unet_baseline_tiny - unvalidated model")
+    expect(page.locator("#result-model")).to_contain_text("unvalidated model")
+    expect(page.locator("#bands")).to_contain_text("browser test bands")
+    verdict = page.locator("#verdict")
+    expect(verdict).to_be_visible()
+    assert VERDICT.match(verdict.text_content()), verdict.text_content()
+    assert verdict.text_content() == f"{body['verdict']} ({body['score']:.2f})"
+    cls = {"no evidence found": "v-clear", "inconclusive": "v-inconclusive", "likely manipulated": "v-likely"}
+    assert cls[body["verdict"]] in verdict.get_attribute("class").split()
+    colour = page.eval_on_selector("#verdict", "e => getComputedStyle(e).backgroundColor")
+    assert colour not in ("rgba(0, 0, 0, 0)", "rgb(238, 238, 238)")  # coloured by its band
+    expect(page.locator("#custody")).to_contain_text(hashlib.sha256(photo.read_bytes()).hexdigest())
+    weights = hashlib.sha256((checkpoint / "model.safetensors").read_bytes()).hexdigest()
+    expect(page.locator("#model-facts")).to_contain_text(weights)
+    cues = page.locator("#cues .cue")
+    expect(cues).to_have_count(len(SERVED_CUES))
+    assert cues.evaluate_all("c => c.map(x => x.dataset.cue)") == SERVED_CUES
+    assert page.is_visible("#cues-section")
+    for name in SERVED_CUES:
+        panel = page.locator(f'#cues .cue[data-cue="{name}"]')
+        expect(panel).to_contain_text("What to look for:")
+        expect(panel).to_contain_text("What to ignore:")
+    expect(page.locator('.cue[data-cue="ela"]')).to_contain_text("visual aid, not a detector")
+    expect(page.locator('.cue[data-cue="jpeg_adq"]')).to_contain_text("not applicable: not a JPEG file")
+    expect(page.locator('.cue[data-cue="metadata"] dl.facts')).to_contain_text("camera")
+    for name in ("ela", "noise"):
+        assert page.eval_on_selector(f'.cue[data-cue="{name}"] img', "e => e.complete && e.naturalWidth > 0"), name
+
     # 2. the opacity slider drives the overlay layer's opacity
     opacity = "e => getComputedStyle(e).opacity"
     assert page.eval_on_selector("#overlay-layer", opacity) == "0.7"
@@ -133,7 +181,7 @@ def test_upload_result_slider_download_and_errors(server, browser, tmp_path):
 
     # 3. the mask download: a full-resolution 0/255 PNG named after the photo
     link = page.locator("#download-mask")
-    assert link.get_attribute("download") == f"{photo.stem}_mask.png"
+    assert link.get_attribute("download") == f"{photo.stem}_predmask.png"
     with page.expect_download() as download_info:
         link.click()
     saved = tmp_path / "mask.png"
@@ -188,12 +236,133 @@ def test_report_renders_sorts_and_does_not_run_injected_code(browser, tmp_path):
     scores = lambda: [float(v) for v in page.eval_on_selector_all(  # noqa: E731
         "td.score", "cells => cells.map(c => c.dataset.value)")]
     assert scores() == sorted(scores(), reverse=True)
-    page.click("th[data-col='4'] button")
+    page.click("th[data-col='5'] button")
     assert scores() == sorted(scores())
-    page.click("th[data-col='3'] button")
+    page.click("th[data-col='4'] button")
     assert page.eval_on_selector_all("td.name", "c => c.map(x => x.textContent)")[0] == sorted(names)[-1]
     page.screenshot(path=str(ARTIFACTS / "report.png"))
     assert page.evaluate("window.pwned === undefined") and errors == [], errors
+    page.close()
+
+
+def _png_bytes(h: int, w: int, seed: int = 0) -> bytes:
+    buf = io.BytesIO()
+    Image.fromarray(np.random.default_rng(seed).integers(0, 256, (h, w, 3), dtype=np.uint8)).save(buf, "PNG")
+    return buf.getvalue()
+
+
+@pytest.mark.browser
+def test_new_upload_clears_the_result_and_a_second_one_while_busy_is_refused_visibly(server, browser):
+    expect = pytest.importorskip("playwright.sync_api").expect
+    page = browser.new_page(viewport={"width": 1200, "height": 900})
+    errors = _watch_errors(page)
+    page.goto(server + "/")
+    page.select_option("#mode", "resize")
+    page.set_input_files("#file-input", files=[{"name": "before.png", "mimeType": "image/png",
+                                                "buffer": _png_bytes(40, 60, 1)}])
+    expect(page.locator("#result-name")).to_have_text("before.png", timeout=60_000)
+    expect(page.locator("#cues .cue")).to_have_count(len(SERVED_CUES))
+
+    # Hold the next prediction request in the browser, so that it is still running for the second upload.
+    held = []
+    page.route(re.compile(r".*/api/predict.*"), lambda route: held.append(route))
+    page.set_input_files("#file-input", files=[{"name": "first.png", "mimeType": "image/png",
+                                                "buffer": _png_bytes(48, 64, 2)}])
+    for _ in range(200):
+        if held:
+            break
+        page.wait_for_timeout(50)
+    assert len(held) == 1
+    expect(page.locator("#status")).to_contain_text("Analysing first.png")
+    # The previous result is gone as soon as the new photo is sent.
+    expect(page.locator("#result")).to_be_hidden()
+    assert page.text_content("#verdict") == "" and page.locator("#cues .cue").count() == 0
+    assert page.get_attribute("#overlay-photo", "src") is None
+    assert page.is_hidden("#busy")
+
+    # A second photo while the first runs: a visible message, and no request.
+    page.set_input_files("#file-input", files=[{"name": "second.png", "mimeType": "image/png",
+                                                "buffer": _png_bytes(30, 30, 3)}])
+    busy = page.locator("#busy")
+    expect(busy).to_be_visible()
+    expect(busy).to_have_text(BUSY)
+    page.wait_for_timeout(300)
+    assert len(held) == 1
+    ARTIFACTS.mkdir(exist_ok=True)
+    page.screenshot(path=str(ARTIFACTS / "serve_busy.png"))
+
+    held[0].continue_()
+    expect(page.locator("#result-name")).to_have_text("first.png", timeout=60_000)
+    expect(busy).to_be_hidden()
+    expect(page.locator("#cues .cue")).to_have_count(len(SERVED_CUES))
+    page.unroute(re.compile(r".*/api/predict.*"))
+    assert errors == [], errors
+    page.close()
+
+
+def _jpeg_with_exif(h: int, w: int, seed: int = 0) -> bytes:
+    image = Image.fromarray(np.random.default_rng(seed).integers(0, 256, (h, w, 3), dtype=np.uint8))
+    exif = Image.Exif()
+    exif[0x010F], exif[0x0110] = "Canon", "<b>EOS</b>"
+    buf = io.BytesIO()
+    image.save(buf, "JPEG", quality=90, exif=exif)
+    return buf.getvalue()
+
+
+@pytest.mark.browser
+def test_report_cue_panels_verdicts_and_hashes_in_the_browser(browser, tmp_path):
+    from test_predict import PixelModel
+
+    from forgeloc.inference import Predictor
+    from forgeloc.inference.report import report_entry, write_report
+
+    expect = pytest.importorskip("playwright.sync_api").expect
+    cues = ["ela", "metadata", "jpeg_adq"]
+    predictor = Predictor(PixelModel(), input_size=32, cues=cues, calibration={"low": 0.3, "high": 0.6})
+    inputs = {"camera.jpg": _jpeg_with_exif(90, 120), "screen.png": _png_bytes(40, 64, 4),
+              "second <i>.png": _png_bytes(30, 50, 5)}
+    paths = []
+    for name, data in inputs.items():
+        paths.append(tmp_path / name)
+        paths[-1].write_bytes(data)
+    entries = [report_entry(predictor.predict(p, mode="resize"), requested_mode="resize") for p in paths]
+    report = write_report(tmp_path / "report.html", entries, {"model": "pixel"}, describe=predictor.describe(),
+                          command=["forgeloc", "predict", "x", "--report"])
+    page = browser.new_page(viewport={"width": 1300, "height": 1000})
+    errors = _watch_errors(page)
+    page.goto(report.as_uri())
+    expect(page.locator("#model-label")).to_be_visible()
+    expect(page.locator("#model-label")).to_contain_text("unvalidated model")
+    chips = page.locator("#results td.score .verdict")
+    expect(chips).to_have_count(len(inputs))
+    for text in chips.all_text_contents():
+        assert VERDICT.match(text), text
+
+    def by_name() -> dict[str, str]:  # photo name → the SHA-256 shown in its own details
+        return dict(page.eval_on_selector_all("tbody.entry", """bodies => bodies.map(b => [
+            b.querySelector('td.name').textContent, b.querySelector('code.sha256').textContent])"""))
+
+    expected = {name: hashlib.sha256(data).hexdigest() for name, data in inputs.items()}
+    assert by_name() == expected
+    # Cue panels: present in every photo's details, maps decoded only once the details are opened.
+    assert page.locator("section.cue").count() == len(cues) * len(inputs)
+    first = page.locator("tbody.entry").first
+    assert first.locator("img[data-src]").count() >= 1 and not first.locator("section.cue").first.is_visible()
+    first.locator("summary").click()
+    expect(first.locator('section.cue[data-cue="ela"]')).to_contain_text("visual aid, not a detector")
+    expect(first.locator('section.cue[data-cue="ela"]')).to_contain_text("What to look for:")
+    assert first.locator("img[data-src]").count() == 0
+    assert first.locator('section.cue[data-cue="ela"] img').evaluate("e => e.complete && e.naturalWidth > 0")
+    page.click("#expand-all")
+    expect(page.locator('tbody.entry section.cue[data-cue="metadata"] dl.facts').first).to_be_visible()
+    expect(page.locator("section.cue", has_text="not applicable: not a JPEG file")).to_have_count(2)
+    # Sorting moves each photo's details with it.
+    page.click("th[data-col='4'] button")
+    names = page.eval_on_selector_all("td.name", "c => c.map(x => x.textContent)")
+    assert names == sorted(inputs, reverse=True) and by_name() == expected
+    ARTIFACTS.mkdir(exist_ok=True)
+    page.screenshot(path=str(ARTIFACTS / "report_cues.png"), full_page=True)
+    assert page.evaluate("typeof window.pwned") == "undefined" and errors == [], errors
     page.close()
 
 

@@ -1,8 +1,10 @@
-"""The web API (FastAPI TestClient): predictions, refusals with clear messages, limits, no files written."""
+"""The web API (FastAPI TestClient): predictions, refusals with clear messages, limits, no files written;
+model label, verdict band, custody facts and per-cue panels in the JSON."""
 
 from __future__ import annotations
 
 import base64
+import hashlib
 import io
 import os
 import tempfile
@@ -16,8 +18,11 @@ from conftest import shared_path
 from PIL import Image
 from test_predict import COVERAGE_PNG, PixelModel
 
+import forgeloc
 from forgeloc.data.io import read_image
+from forgeloc.detectors import CUES
 from forgeloc.inference import Predictor
+from forgeloc.inference.predictor import VERDICTS
 from forgeloc.inference.server import create_app
 
 fastapi = pytest.importorskip("fastapi")
@@ -51,8 +56,12 @@ def test_health_info_and_page(client):
     info = client.get("/api/info").json()
     assert info["threshold"] == 0.5 and info["input_size"] == 32 and info["max_upload_mb"] == 0.5
     assert len(info["colormap_stops"]) >= 8
+    assert "unvalidated model" in info["label"] and info["version"] == forgeloc.__version__
+    assert info["weights_sha256"] is None and "not calibrated" in info["bands"]
     page = client.get("/")
     assert page.status_code == 200 and 'id="file-input"' in page.text and 'id="opacity"' in page.text
+    for element in ("model-label", "busy", "verdict", "cues", "custody", "bands"):
+        assert f'id="{element}"' in page.text, element
     csp = page.headers["content-security-policy"]
     assert "default-src 'none'" in csp and "script-src 'self'" in csp
     assert page.headers["x-content-type-options"] == "nosniff"
@@ -75,6 +84,14 @@ def test_predict_on_a_real_png(client):
     assert (body["width"], body["height"]) == (w, h) and body["name"] == "my photo.png" and body["stem"] == "my photo"
     assert 0.0 <= body["score"] <= 1.0 and 0.0 <= body["tampered_fraction"] <= 1.0
     assert body["mode"] == "tile"  # auto: 424 px > 2 × 32
+    assert body["verdict"] is None and body["verdict_class"] == "v-uncalibrated"
+    assert body["verdict_text"] == f"{body['score']:.2f} (uncalibrated score)"
+    assert "unvalidated model" in body["model_label"] and body["cue_panels"] == [] and "cues" not in body
+    custody = body["custody"]
+    assert custody["sha256"] == hashlib.sha256(path.read_bytes()).hexdigest()
+    assert custody["bytes"] == path.stat().st_size
+    assert custody["mode"] == "tile" and custody["mode_reason"].startswith(f"tile: {body['windows']} overlapping")
+    assert "auto: the longer side" in custody["mode_reason"] and custody["streams"] == ["pixels"]
     expected = Predictor(PixelModel(), input_size=32).predict(photo)
     assert body["score"] == pytest.approx(expected.score, abs=1e-6)
     assert body["tampered_fraction"] == pytest.approx(expected.tampered_fraction, abs=1e-6)
@@ -128,7 +145,9 @@ def test_uploads_never_touch_the_disk(tmp_path, monkeypatch):
     # Over 1 MB: where a multipart parser would roll the upload over into a temporary file.
     upload = _png(800, 800)
     assert len(upload) > 1_200_000
-    app = create_app(Predictor(PixelModel(), input_size=32), max_upload_mb=4)
+    # With cues too: their maps and facts are computed from the bytes in memory.
+    predictor = Predictor(PixelModel(), input_size=32, cues=["ela", "metadata", "jpeg_adq"])
+    app = create_app(predictor, max_upload_mb=4)
     work, temp = tmp_path / "cwd", tmp_path / "tmp"
     work.mkdir()
     temp.mkdir()
@@ -147,6 +166,7 @@ def test_uploads_never_touch_the_disk(tmp_path, monkeypatch):
     with TestClient(app) as client:
         r = client.post("/api/predict?mode=resize", content=upload, headers={"X-Filename": "x.png"})
         assert r.status_code == 200, r.text
+        assert [p["name"] for p in r.json()["cue_panels"]] == ["ela", "metadata", "jpeg_adq"]
         assert client.post("/api/predict", content=b"junk").status_code == 415
     assert os.listdir(work) == [] and os.listdir(temp) == []
     assert opened == []
@@ -179,3 +199,48 @@ def test_one_prediction_at_a_time():
             t.join()
     assert statuses == [200, 200, 200]
     assert SlowModel.most == 1
+
+
+def _jpeg_with_exif(h: int, w: int) -> bytes:
+    image = Image.fromarray(np.random.default_rng(5).integers(0, 256, (h, w, 3), dtype=np.uint8))
+    exif = Image.Exif()
+    exif[0x010F], exif[0x0131] = "Nikon", "Adobe Photoshop CC"
+    buf = io.BytesIO()
+    image.save(buf, "JPEG", quality=85, exif=exif)
+    return buf.getvalue()
+
+
+def test_cue_panels_verdict_and_custody_in_the_json():
+    cues = ["ela", "metadata", "jpeg_adq", "noise"]
+    predictor = Predictor(PixelModel(), input_size=32, cues=cues,
+                          calibration={"low": 0.2, "high": 0.6, "method": "unit test bands"})
+    app = create_app(predictor, display_side=96)
+    upload, png = _jpeg_with_exif(120, 200), _png(40, 60)
+    with TestClient(app) as c:
+        info = c.get("/api/info").json()
+        assert info["calibration"]["low"] == 0.2 and "score ≥ 0.60" in info["bands"]
+        assert "unit test bands" in info["bands"]
+        assert info["cues"] == cues
+        body = c.post("/api/predict?mode=resize", content=upload, headers={"X-Filename": "cam.jpg"}).json()
+        png_body = c.post("/api/predict?mode=resize", content=png, headers={"X-Filename": "s.png"}).json()
+    assert body["verdict"] in VERDICTS and body["verdict_text"] == f"{body['verdict']} ({body['score']:.2f})"
+    assert body["verdict_class"] == {VERDICTS[0]: "v-clear", VERDICTS[1]: "v-inconclusive",
+                                     VERDICTS[2]: "v-likely"}[body["verdict"]]
+    assert body["custody"]["sha256"] == hashlib.sha256(upload).hexdigest() and body["custody"]["bytes"] == len(upload)
+    assert body["custody"]["sha256_of"] == "bytes received" and "(as requested)" in body["custody"]["mode_reason"]
+    # The cue summaries (to_dict) and one panel per cue, in the order they ran.
+    assert set(body["cues"]) == set(cues) and body["cues"]["ela"]["kind"] == "visual_aid"
+    panels = {p["name"]: p for p in body["cue_panels"]}
+    assert [p["name"] for p in body["cue_panels"]] == cues
+    for name, panel in panels.items():
+        assert panel["look_for"] == CUES[name].look_for and panel["ignore"] == CUES[name].ignore
+    assert panels["ela"]["kind_label"] == "visual aid, not a detector" and panels["ela"]["score"] is None
+    assert panels["noise"]["kind_label"] == "detector" and 0.0 <= panels["noise"]["score"] <= 1.0
+    for name in ("ela", "noise", "jpeg_adq"):
+        image = _decode(panels[name]["image"])
+        assert image.format == "JPEG" and image.size == (96, round(96 * 120 / 200)), (name, image.size)
+    facts = dict(map(tuple, panels["metadata"]["facts"]))
+    assert panels["metadata"]["image"] is None and facts["camera"] == "Nikon"
+    assert "Adobe Photoshop CC" in facts["software"] and facts["JPEG quantization"].startswith("quality ≈ 85")
+    adq = {p["name"]: p for p in png_body["cue_panels"]}["jpeg_adq"]
+    assert adq["applicable"] is False and adq["image"] is None and adq["reason"].startswith("not a JPEG file")

@@ -15,9 +15,19 @@ Design (see ``docs/inference.md``):
   decoding (``read_image(max_pixels=...)``), and a non-image is refused with 415 and the reason;
 * nothing from an upload is stored or executed: bytes → decoded array → prediction → PNGs in the
   JSON response, all in memory, dropped when the response is sent.
+
+The prediction's JSON (``POST /api/predict``) is :meth:`Prediction.to_dict` (with the cue
+summaries under ``cues``) plus: ``verdict_text`` / ``verdict_class`` (the verdict band in words
+and its colour), ``custody`` (SHA-256 and size of the bytes received, dimensions, the mode used and
+why, what the model read), ``cue_panels`` (one per cue, :meth:`report.CuePanel.to_json`: the map as
+a JPEG ``data:`` URL of at most :data:`CUE_DISPLAY_SIDE` pixels, "not applicable" reasons, facts,
+"What to look for" / "What to ignore") and ``images`` (photo, heatmap layer, heatmap, full-size
+mask). ``GET /api/info`` adds the model label, model card, calibration bands, forgeloc version and
+the weights' SHA-256.
 """
 
 import base64
+import hashlib
 import importlib.resources
 import threading
 import time
@@ -26,10 +36,11 @@ from pathlib import PurePath
 from typing import Any
 
 from forgeloc.data.io import DecompressionBombError, ImageReadError
+from forgeloc.inference import report
 from forgeloc.inference import visualize as viz
 from forgeloc.inference.predictor import MODES, Predictor
 
-__all__ = ["DEFAULT_MAX_PIXELS", "DEFAULT_MAX_UPLOAD_MB", "MAX_IN_FLIGHT", "create_app", "serve"]
+__all__ = ["CUE_DISPLAY_SIDE", "DEFAULT_MAX_PIXELS", "DEFAULT_MAX_UPLOAD_MB", "MAX_IN_FLIGHT", "create_app", "serve"]
 
 DEFAULT_MAX_UPLOAD_MB = 20.0
 #: 50 megapixels: every current camera; far below Pillow's 179 MP bomb limit, which a public page should not allow.
@@ -38,6 +49,8 @@ DEFAULT_MAX_PIXELS = 50_000_000
 MAX_IN_FLIGHT = 4
 #: Longer side of the pictures sent back for display (the mask download stays at full resolution).
 DISPLAY_SIDE = 1600
+#: Longer side of the cue maps sent back (coloured JPEGs; a cue's map carries no finer detail).
+CUE_DISPLAY_SIDE = 1024
 
 _STATIC = {"index.html": "text/html; charset=utf-8", "app.js": "text/javascript; charset=utf-8",
            "style.css": "text/css; charset=utf-8"}
@@ -116,12 +129,27 @@ def create_app(
     def health() -> dict[str, Any]:
         return {"status": "ok", "model": predictor.model_name}
 
+    described = predictor.describe()
+    try:
+        weights = report.weights_sha256(described.get("checkpoint"))
+    except OSError:
+        weights = None
+    import forgeloc
+
+    identity = {
+        "label": described.get("label") or predictor.model_name,
+        "version": forgeloc.__version__,
+        "weights_sha256": weights,
+        "bands": report.verdict_bands(described.get("calibration")),
+    }
+
     @app.get("/api/info")
     def info() -> dict[str, Any]:
         lut = viz.colormap_lut()
         stops = [f"rgb({r},{g},{b})" for r, g, b in lut[:: 255 // 8].tolist()]
         return {
             **{k: v for k, v in predictor.describe().items() if v is not None},
+            **identity,
             "max_upload_mb": max_upload_mb,
             "max_pixels": predictor.max_pixels,
             "modes": list(MODES),
@@ -136,11 +164,27 @@ def create_app(
         photo = viz.resize_to_fit(result.image, display_side)
         heat_small = viz.resize_to_fit(result.heatmap, display_side)
         stem = PurePath(name).stem or "upload"
+        panels = report.cue_panels(result, min(display_side, CUE_DISPLAY_SIDE))
         payload = {
             **result.to_dict(),
             "path": None,
             "stem": stem,
             "elapsed_s": round(time.perf_counter() - start, 3),
+            "verdict_text": report.verdict_text(result.score, result.verdict),
+            "verdict_class": report.verdict_class(result.verdict),
+            "custody": {
+                "sha256": hashlib.sha256(data).hexdigest(),
+                "sha256_of": "bytes received",
+                "bytes": len(data),
+                "width": result.width,
+                "height": result.height,
+                "mode": result.mode,
+                "mode_reason": report.mode_reason(result, mode, predictor.input_size),
+                "windows": result.windows,
+                "streams": list(result.streams),
+                "fused": list(result.fused),
+            },
+            "cue_panels": [p.to_json() for p in panels],
             "display_size": [int(photo.shape[1]), int(photo.shape[0])],
             "images": {
                 "photo": _data_url("image/jpeg", viz.encode_jpeg(photo, 90)),

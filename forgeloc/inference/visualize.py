@@ -20,6 +20,8 @@ __all__ = [
     "COLORMAP",
     "OUTLINE_COLOR",
     "colorize",
+    "colorize_fit",
+    "colormap_css_gradient",
     "colormap_lut",
     "encode_jpeg",
     "encode_png",
@@ -57,6 +59,23 @@ def _heat_index(heat: np.ndarray) -> np.ndarray:
 def colorize(heat: np.ndarray, cmap: str = COLORMAP) -> np.ndarray:
     """``H×W`` probabilities in [0, 1] → ``H×W×3`` uint8 RGB through the colour map."""
     return colormap_lut(cmap)[_heat_index(heat)]
+
+
+def colorize_fit(heat: np.ndarray, max_side: int | None, cmap: str = COLORMAP) -> np.ndarray:
+    """:func:`colorize` of the heatmap downscaled to ``max_side`` first (cheaper than colouring the
+    full-resolution map and shrinking the RGB picture; area interpolation averages the values)."""
+    heat = np.asarray(heat)
+    if heat.dtype not in (np.float32, np.float64):
+        heat = heat.astype(np.float32)
+    return colorize(resize_to_fit(np.nan_to_num(heat, nan=0.0), max_side), cmap)
+
+
+def colormap_css_gradient(stops: int = 9, cmap: str = COLORMAP, direction: str = "to right") -> str:
+    """A CSS ``linear-gradient(...)`` of the colour map (for legends: 0 on the left, 1 on the right)."""
+    lut = colormap_lut(cmap)
+    idx = np.rint(np.linspace(0, 255, max(2, stops))).astype(int)
+    parts = [f"rgb({r},{g},{b}) {100 * i / 255:.1f}%" for i, (r, g, b) in zip(idx, lut[idx].tolist(), strict=True)]
+    return f"linear-gradient({direction}, {', '.join(parts)})"
 
 
 def heat_layer_rgba(heat: np.ndarray, cmap: str = COLORMAP) -> np.ndarray:
