@@ -34,6 +34,7 @@ def _root(
 _COMMAND_MODULES = (
     "quickstart",
     "synth",
+    "corpus",
     "data",
     "train",
     "test",

@@ -120,7 +120,13 @@ def _realistic(out: Path, n: int, seed: int, photos: Path | None, size: int, wor
     if photos is None or not photos.is_dir():
         fail("--realistic needs --photos FOLDER of real photographs (e.g. `forgeloc corpus build --out DIR`, "
              "then --photos DIR/photos)")
-    paths = sorted(p for p in photos.iterdir() if p.suffix.lower() in IMAGE_EXTENSIONS)
+    files = sorted(p for p in photos.iterdir() if p.is_file())
+    paths = [p for p in files if p.suffix.lower() in IMAGE_EXTENSIONS]
+    skipped = [p.name for p in files if p.suffix.lower() not in IMAGE_EXTENSIONS]
+    if skipped:  # e.g. a corpus's .pgm camera frames: said, not silently dropped
+        console.print(f"skipped {len(skipped)} file(s) whose type --realistic does not read "
+                      f"({', '.join(sorted(IMAGE_EXTENSIONS))}): {', '.join(skipped[:8])}"
+                      + (" ..." if len(skipped) > 8 else ""))
     if len(paths) < 2:
         fail(f"{photos}: --realistic needs at least two photos (a splice takes a donor), found {len(paths)}")
     if size % 8:
