@@ -9,6 +9,7 @@ import glob
 import itertools
 import json
 import os
+import sys
 import time
 from collections import Counter
 from pathlib import Path
@@ -253,16 +254,26 @@ def _write_tables(out: Path, rows: list[dict[str, Any]], failures: list[dict[str
 
 
 def predict(
-    checkpoint: Path = typer.Argument(..., help="Run folder, checkpoint folder, or weights file (then --model)."),
-    inputs: list[str] = typer.Argument(..., help="Image files, folders and/or glob patterns."),
-    out: Path = typer.Option(..., "--out", "-o", help="Output folder."),
+    inputs: list[str] = typer.Argument(..., help="Image files, folders and/or glob patterns.", show_default=False),
+    detector: str = typer.Option(
+        "default", "--detector", "-k",
+        help="What looks at the photos: 'default' (shipped with forgeloc), a run/checkpoint folder or weights file "
+             "(then --model), or a training-free detector (see `forgeloc detectors`).",
+    ),
+    out: Path = typer.Option(Path("forgeloc-results"), "--out", "-o", help="Output folder."),
     model: str | None = typer.Option(None, help="Model name, when the checkpoint has no config.json."),
     mode: str = typer.Option("auto", help="auto | resize | tile (auto tiles images over 2x the model's input)."),
     threshold: float | None = typer.Option(None, help="Mask threshold (default: the checkpoint's, else 0.5)."),
     batch_size: int = typer.Option(4, min=1, help="Images (resize) or windows (tile) per forward pass."),
     device: str | None = typer.Option(None, help="cpu, cuda, cuda:1 ... (default: CUDA if available)."),
     amp: str | None = typer.Option(None, help="Mixed precision: bf16 (CPU/GPU) or fp16 (GPU)."),
-    report: bool = typer.Option(False, "--report", help="Also write OUT/report.html (self-contained)."),
+    report: bool = typer.Option(True, "--report/--no-report", help="Write OUT/report.html (self-contained)."),
+    cues: str | None = typer.Option(
+        None, "--cues",
+        help="Training-free detectors to run and show next to the heatmap, comma-separated (e.g. noise,ela,metadata; "
+             "'all' for every one; default: those the detector records).",
+    ),
+    threads: int | None = typer.Option(None, min=1, help="CPU threads for PyTorch (default: all cores)."),
     recursive: bool = typer.Option(False, "--recursive", "-r", help="Descend into sub-folders of folder inputs."),
     max_pixels: int | None = typer.Option(None, help="Refuse images with more pixels (default: Pillow's limit)."),
     tile_overlap: float | None = typer.Option(
@@ -277,14 +288,18 @@ def predict(
     An --out that would overwrite an input file is refused. results.json / results.csv are kept up
     to date as the run goes, so a run stopped midway (Ctrl+C, an error) keeps what it has done.
 
-    Example: forgeloc predict runs/quickstart photos/ "scans/**/*.jpg" --out predictions --report
+    Examples: forgeloc predict photo.jpg  |  forgeloc predict photos/ "scans/**/*.jpg" --out predictions
+    |  forgeloc predict photos/ --detector runs/quickstart  |  forgeloc predict photo.jpg --cues noise,ela,metadata
+
+    For compatibility, a first argument that is a checkpoint (a folder with config.json or
+    model.safetensors, or a .safetensors/.pth file) is taken as --detector.
     """
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     from forgeloc.checkpoint import CheckpointError
     from forgeloc.data.io import DEFAULT_MAX_PIXELS
     from forgeloc.engine.config import validate_device
-    from forgeloc.inference.predictor import MODES, Prediction, PredictionFailure, Predictor
+    from forgeloc.inference.predictor import MODES, Prediction, PredictionFailure, load
     from forgeloc.inference.visualize import encode_png
 
     if mode not in MODES:
@@ -299,6 +314,13 @@ def predict(
         validate_device(device)
     except ValueError as err:
         fail(f"--device: {err}")
+    if threads is not None:
+        import torch
+
+        torch.set_num_threads(threads)
+    if inputs and detector == "default" and _looks_like_checkpoint(inputs[0]) and len(inputs) > 1:
+        detector, inputs = inputs[0], inputs[1:]
+    cue_names = _parse_cues(cues)
     check_output_folder(out, create=False)
     files, problems = expand_inputs(inputs, recursive)
     stems = output_stems(files)
@@ -309,10 +331,11 @@ def predict(
         fail(f"--out {out} would overwrite the input file {source} (an output of this run is named "
              f"{target.name}){more}; write the results to another folder")
     try:
-        predictor = Predictor.from_checkpoint(
-            checkpoint, model=model, threshold=threshold, device=device, amp=None if amp == "none" else amp,
-            max_pixels=max_pixels or DEFAULT_MAX_PIXELS,
+        predictor = load(
+            detector if model is None else model, None if model is None else detector, threshold=threshold,
+            device=device, amp=None if amp == "none" else amp, max_pixels=max_pixels or DEFAULT_MAX_PIXELS,
             **({} if tile_overlap is None else {"tile_overlap": tile_overlap}),
+            **({} if cue_names is None else {"cues": cue_names}),
         )
     except (CheckpointError, FileNotFoundError, ValueError) as err:
         fail(str(err))
@@ -330,7 +353,7 @@ def predict(
 
     info = {k: v for k, v in predictor.describe().items() if v is not None}
     info["mode"] = mode
-    console.print(f"{predictor!r}: {len(files)} image(s) → {out}", highlight=False)
+    console.print(f"{predictor.label}\n{len(files)} image(s) → {out}", highlight=False, markup=False)
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
     processed = 0
     last_flush, flush_every = time.monotonic(), FLUSH_SECONDS
@@ -368,7 +391,8 @@ def predict(
                         saved = {kind: str(target) for kind, target in targets.items()}
                         rows.append({**result.to_dict(), "path": str(path), "files": saved})
                         if report:
-                            entries.append(report_entry(result, overlay=overlay, files=saved, name=result.name))
+                            entries.append(report_entry(result, overlay=overlay, files=saved, name=result.name,
+                                                        requested_mode=mode, input_size=predictor.input_size))
                 processed += 1
                 progress.advance(task)
                 if time.monotonic() - last_flush >= flush_every:
@@ -436,8 +460,31 @@ def _write_report(out: Path, entries: list, info: dict[str, Any], failures: list
     }
     if info.get("stopped"):
         shown["stopped"] = f"{info['stopped']} after {info.get('processed')} of {info.get('total')} input(s)"
-    html = render_report(entries, shown, [PredictionFailure(f["name"], f["path"], f["error"]) for f in failures])
+    html = render_report(entries, shown, [PredictionFailure(f["name"], f["path"], f["error"]) for f in failures],
+                         describe=info, command=sys.argv, files_base=out)
     _write_replacing(out / "report.html", html.encode("utf-8"))
+
+
+def _looks_like_checkpoint(item: str) -> bool:
+    """A run/checkpoint folder or a weights file (the old ``forgeloc predict CHECKPOINT INPUTS`` form)."""
+    path = Path(item)
+    if path.is_dir():
+        return any((path / name).exists() for name in ("config.json", "model.safetensors", "checkpoints"))
+    return path.is_file() and path.suffix.lower() in (".safetensors", ".pth", ".pt", ".bin", ".ckpt")
+
+
+def _parse_cues(text: str | None) -> list[str] | None:
+    from forgeloc.detectors import CUES
+
+    if text is None:
+        return None
+    names = [t.strip() for t in text.split(",") if t.strip()]
+    if names == ["all"]:
+        return sorted(CUES)
+    unknown = [n for n in names if n not in CUES]
+    if unknown:
+        fail(f"--cues: unknown detector(s) {', '.join(unknown)}; training-free detectors: {', '.join(sorted(CUES))}")
+    return names
 
 
 def register(app: typer.Typer) -> None:

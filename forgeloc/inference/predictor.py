@@ -30,6 +30,7 @@ so the two report the same number for the same image.
 from __future__ import annotations
 
 import functools
+import hashlib
 import io
 import json
 import math
@@ -696,12 +697,15 @@ class Predictor:
                 heat, score, source, windows = self._predict_tiled(im.rgb, batch_size)
                 chosen = "tile"
             cues = {n: run_cue(n, im) for n in self.cues}
+            # Chain of custody: the hash of the very bytes that were decoded (not a re-read file).
+            custody = {} if im.data is None else {"sha256": hashlib.sha256(im.data).hexdigest(),
+                                                  "file_size": len(im.data)}
             heat, score, fused = fuse_maps(heat, score, [cues[n] for n in self.fuse], with_model=self.model is not None)
             yield Prediction(
                 heatmap=heat, score=score, threshold=threshold, image=im.rgb, name=name,
                 source=_describe(item)[1], mode=chosen, score_source=source, model=self.model_name,
                 windows=windows, streams=streams, cues=cues, fused=fused,
-                verdict=verdict_for(score, self.calibration), model_label=self.label,
+                verdict=verdict_for(score, self.calibration), model_label=self.label, extra=custody,
             )
 
     # -- native-resolution models (block-grid traces: never resized) -------------------------------
