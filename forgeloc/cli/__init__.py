@@ -32,6 +32,7 @@ def _root(
 
 # Each module defines ``register(app)``; the order is the order of ``forgeloc --help``.
 _COMMAND_MODULES = (
+    "demo",
     "quickstart",
     "synth",
     "corpus",

@@ -232,7 +232,8 @@ def _g2nn_pairs(points: np.ndarray, descriptors: np.ndarray, params: CopyMovePar
 
 def _g2nn_scan(values: np.ndarray, index: np.ndarray, first_row: int, threshold: float) -> np.ndarray:
     """Keep neighbour ``i`` while ``d_i / d_{i+1} < T`` held for every ``i`` up to it."""
-    ratio = values[:, :-1] / np.maximum(values[:, 1:], 1e-6)
+    with np.errstate(invalid="ignore"):  # inf / inf where both neighbours were masked out: set to 1 below
+        ratio = values[:, :-1] / np.maximum(values[:, 1:], 1e-6)
     # No further candidate (the rest were spatial neighbours): the last one is not distinctive.
     ratio[~np.isfinite(values[:, 1:])] = 1.0
     passes = np.cumprod(ratio < threshold, axis=1).astype(bool) & np.isfinite(values[:, :-1])
