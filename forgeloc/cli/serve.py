@@ -1,8 +1,6 @@
-"""``forgeloc serve``: a local web page to analyse photos with one checkpoint."""
+"""``forgeloc serve``: a local web page to analyse photos with one detector (default: the shipped one)."""
 
 from __future__ import annotations
-
-from pathlib import Path
 
 import typer
 
@@ -10,7 +8,10 @@ from forgeloc.cli.common import console, fail
 
 
 def serve(
-    checkpoint: Path = typer.Argument(..., help="Run folder, checkpoint folder, or weights file (then --model)."),
+    checkpoint: str = typer.Argument(
+        "default", help="'default' (shipped with forgeloc), a run/checkpoint folder or weights file (then --model), "
+                        "or a training-free detector (`forgeloc detectors`).",
+    ),
     model: str | None = typer.Option(None, help="Model name, when the checkpoint has no config.json."),
     host: str = typer.Option("127.0.0.1", help="Address to listen on (0.0.0.0 exposes the page to the network)."),
     port: int = typer.Option(8000, min=1, max=65535, help="Port to listen on."),
@@ -19,22 +20,35 @@ def serve(
     threshold: float | None = typer.Option(None, help="Mask threshold (default: the checkpoint's, else 0.5)."),
     device: str | None = typer.Option(None, help="cpu, cuda ... (default: CUDA if available)."),
     amp: str | None = typer.Option(None, help="Mixed precision: bf16 (CPU/GPU) or fp16 (GPU)."),
+    cues: str | None = typer.Option(
+        None, "--cues",
+        help="Training-free detectors shown as panels, comma-separated ('all'; default: the detector's).",
+    ),
+    threads: int | None = typer.Option(None, min=1, help="CPU threads for PyTorch (default: all cores)."),
 ) -> None:
     """Serve a web page (and a JSON API) where people drop a photo and see where it may be tampered.
 
-    Uploads are analysed in memory and never stored. Example: forgeloc serve runs/quickstart --port 8000
+    Uploads are analysed in memory and never stored.
+    Examples: forgeloc serve  |  forgeloc serve runs/quickstart --port 8000
     """
     from forgeloc.checkpoint import CheckpointError
-    from forgeloc.inference.predictor import Predictor
+    from forgeloc.cli.predict import _parse_cues
+    from forgeloc.inference.predictor import load
     from forgeloc.inference.server import serve as run_server
 
+    if threads is not None:
+        import torch
+
+        torch.set_num_threads(threads)
+    cue_names = _parse_cues(cues)
     if max_upload_mb <= 0:
         fail("--max-upload-mb must be positive")
     if threshold is not None and not 0.0 <= threshold <= 1.0:
         fail(f"--threshold must be in [0, 1], got {threshold}")
     try:
-        predictor = Predictor.from_checkpoint(
-            checkpoint, model=model, threshold=threshold, device=device, amp=amp, max_pixels=max_pixels
+        predictor = load(
+            checkpoint if model is None else model, None if model is None else checkpoint, threshold=threshold,
+            device=device, amp=amp, max_pixels=max_pixels, **({} if cue_names is None else {"cues": cue_names}),
         )
     except (CheckpointError, FileNotFoundError, ValueError) as err:
         fail(str(err))
@@ -45,7 +59,8 @@ def serve(
             highlight=False,
         )
     shown = f"[{host}]" if ":" in host else host
-    console.print(f"{predictor!r}\nopen http://{shown}:{port}/ in a browser (Ctrl+C to stop)", highlight=False)
+    console.print(f"{predictor.label}\nopen http://{shown}:{port}/ in a browser (Ctrl+C to stop)", highlight=False,
+                  markup=False)
     run_server(predictor, host=host, port=port, max_upload_mb=max_upload_mb, max_pixels=max_pixels)
 
 
