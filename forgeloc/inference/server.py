@@ -16,6 +16,23 @@ Design (see ``docs/inference.md``):
 * nothing from an upload is stored or executed: bytes → decoded array → prediction → PNGs in the
   JSON response, all in memory, dropped when the response is sent.
 
+Hardening (issue 19):
+
+* slow clients: the body must arrive within ``body_timeout_s`` (30 s) plus one second per
+  ``min_body_rate`` bytes received (64 KiB/s), else 408 and the upload slot is freed; this also ends
+  a request whose ``Content-Length`` promises more than is sent;
+* bounded work: the page refuses images over :data:`DEFAULT_MAX_PIXELS` (25 MP) before decoding.
+  Predictions run one at a time on a dedicated daemon thread; an upload whose client has left before
+  its turn is dropped without running, and a prediction whose client leaves while it runs has its
+  result dropped. A prediction that has started cannot be interrupted (PyTorch / NumPy code in a
+  thread offers no safe cancellation point): the model stays busy until it ends, but shutdown does
+  not wait for it (uvicorn's ``timeout_graceful_shutdown`` = :data:`SHUTDOWN_TIMEOUT_S`, and the
+  daemon thread does not hold the process);
+* a client that disconnects is logged in one line, not as an "Exception in ASGI application";
+* DNS rebinding: when bound to a loopback address, requests whose ``Host`` is not ``localhost``,
+  ``127.0.0.1`` or ``[::1]`` (any port) are refused with 400; cross-site POSTs: a POST whose
+  ``Origin`` header is present and does not match ``Host`` is refused with 403 (``curl`` sends none).
+
 The prediction's JSON (``POST /api/predict``) is :meth:`Prediction.to_dict` (with the cue
 summaries under ``cues``) plus: ``verdict_text`` / ``verdict_class`` (the verdict band in words
 and its colour), ``custody`` (SHA-256 and size of the bytes received, dimensions, the mode used and
@@ -26,12 +43,17 @@ mask). ``GET /api/info`` adds the model label, model card, calibration bands, fo
 the weights' SHA-256.
 """
 
+import asyncio
 import base64
+import concurrent.futures
 import hashlib
 import importlib.resources
+import logging
+import queue
 import threading
 import time
 import urllib.parse
+from collections.abc import Callable, Iterable
 from pathlib import PurePath
 from typing import Any
 
@@ -40,11 +62,24 @@ from forgeloc.inference import report
 from forgeloc.inference import visualize as viz
 from forgeloc.inference.predictor import MODES, Predictor
 
-__all__ = ["CUE_DISPLAY_SIDE", "DEFAULT_MAX_PIXELS", "DEFAULT_MAX_UPLOAD_MB", "MAX_IN_FLIGHT", "create_app", "serve"]
+__all__ = ["CUE_DISPLAY_SIDE", "DEFAULT_BODY_TIMEOUT_S", "DEFAULT_MAX_PIXELS", "DEFAULT_MAX_UPLOAD_MB",
+           "DEFAULT_MIN_BODY_RATE", "LOCAL_HOSTS", "MAX_IN_FLIGHT", "SHUTDOWN_TIMEOUT_S", "create_app", "make_server",
+           "serve"]
 
 DEFAULT_MAX_UPLOAD_MB = 20.0
-#: 50 megapixels: every current camera; far below Pillow's 179 MP bomb limit, which a public page should not allow.
-DEFAULT_MAX_PIXELS = 50_000_000
+#: 25 megapixels: most cameras' full resolution; a 7000 × 7000 (49 MP) PNG of a few hundred KB held the model
+#: for minutes at 50 MP. Far below Pillow's 179 MP bomb limit, which a public page should not allow.
+DEFAULT_MAX_PIXELS = 25_000_000
+#: Seconds a request body may take on top of ``size / DEFAULT_MIN_BODY_RATE`` before the request gets 408.
+DEFAULT_BODY_TIMEOUT_S = 30.0
+#: Bytes per second a long upload must keep up (beyond the first ``DEFAULT_BODY_TIMEOUT_S`` seconds).
+DEFAULT_MIN_BODY_RATE = 64 * 1024
+#: Seconds uvicorn waits for open requests on Ctrl+C / SIGTERM before cancelling them.
+SHUTDOWN_TIMEOUT_S = 3
+#: The ``Host`` names accepted when the server is bound to a loopback address (DNS-rebinding guard).
+LOCAL_HOSTS = ("localhost", "127.0.0.1", "[::1]")
+#: Seconds between checks that the client of a waiting / running prediction is still connected.
+DISCONNECT_POLL_S = 0.2
 #: Uploads held in memory at the same time (the rest are told to retry: 503).
 MAX_IN_FLIGHT = 4
 #: Longer side of the pictures sent back for display (the mask download stays at full resolution).
@@ -56,6 +91,141 @@ _STATIC = {"index.html": "text/html; charset=utf-8", "app.js": "text/javascript;
            "style.css": "text/css; charset=utf-8"}
 _CSP = ("default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; connect-src 'self'; "
         "base-uri 'none'; form-action 'none'; frame-ancestors 'none'")
+
+
+_LOOPBACK_BINDS = ("127.0.0.1", "localhost", "::1", "[::1]")
+log = logging.getLogger("uvicorn.error")  # one line in the server's own log
+
+
+class _PredictionWorker:
+    """One daemon thread running jobs in order: a job cancelled before its turn is skipped; the thread
+    never holds the process at exit (an anyio worker thread would, until the prediction ends)."""
+
+    def __init__(self) -> None:
+        self._jobs: queue.Queue[Any] = queue.Queue()
+        self._thread: threading.Thread | None = None
+        self._start_lock = threading.Lock()
+
+    @property
+    def pending(self) -> int:
+        return self._jobs.qsize()
+
+    def submit(self, fn: Callable[..., Any], *args: Any) -> concurrent.futures.Future:
+        future: concurrent.futures.Future = concurrent.futures.Future()
+        with self._start_lock:
+            if self._thread is None or not self._thread.is_alive():
+                self._thread = threading.Thread(target=self._run, name="forgeloc-predict", daemon=True)
+                self._thread.start()
+            self._jobs.put((future, fn, args))
+        return future
+
+    def stop(self) -> None:
+        with self._start_lock:
+            if self._thread is not None:
+                self._jobs.put(None)
+                self._thread = None
+
+    def _run(self) -> None:
+        while (job := self._jobs.get()) is not None:
+            future, fn, args = job
+            if not future.set_running_or_notify_cancel():
+                continue  # the client left before its turn
+            try:
+                future.set_result(fn(*args))
+            except BaseException as err:  # handed to the waiting request
+                future.set_exception(err)
+
+
+def _split_host(value: str) -> tuple[str, str] | None:
+    """``Host`` header → (lower-case name, port or ""); None when malformed."""
+    value = value.strip().lower()
+    if value.startswith("["):
+        end = value.find("]")
+        if end < 0:
+            return None
+        name, rest = value[: end + 1], value[end + 1:]
+        if rest and not rest.startswith(":"):
+            return None
+        port = rest[1:]
+    else:
+        name, _, port = value.partition(":")
+    if not name or (port and not port.isdigit()):
+        return None
+    return name, port
+
+
+def _origin_matches(origin: str, host: str, scheme: str) -> bool:
+    """Whether an ``Origin`` header names this server: the request's scheme, the ``Host`` header's name and port."""
+    parts = urllib.parse.urlsplit(origin.strip().lower())
+    if parts.scheme != scheme or not parts.netloc:
+        return False
+    default = "443" if parts.scheme == "https" else "80"
+    a, b = _split_host(parts.netloc), _split_host(host)
+    if a is None or b is None:
+        return False
+    return a[0] == b[0] and (a[1] or default) == (b[1] or default)
+
+
+def _client(request: Any) -> str:
+    client = request.client
+    return f"{client.host}:{client.port}" if client else "client"
+
+
+_SECURITY_HEADERS = [(b"content-security-policy", _CSP.encode()), (b"x-content-type-options", b"nosniff"),
+                     (b"referrer-policy", b"no-referrer"), (b"cache-control", b"no-store")]
+
+
+class _Guard:
+    """Pure ASGI middleware: ``Host`` check (400), cross-origin POST check (403), security headers on
+    every response, and a client that disconnects logged in one line instead of a traceback."""
+
+    def __init__(self, app: Any, hosts: set[str] | None) -> None:
+        self.app = app
+        self.hosts = hosts
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope.get("headers", [])}
+        host = headers.get("host", "")
+        refusal = None
+        if self.hosts is not None:
+            parsed = _split_host(host)
+            if parsed is None or parsed[0] not in self.hosts:
+                refusal = (400, f"unexpected Host header {host[:100]!r}: this local server answers only to "
+                                "localhost, 127.0.0.1 and [::1]")
+        origin = headers.get("origin")
+        cross_origin = origin is not None and not _origin_matches(origin, host, scope.get("scheme", "http"))
+        if refusal is None and scope["method"] == "POST" and cross_origin:
+            refusal = (403, f"cross-origin request refused (Origin {origin[:100]!r} does not match "
+                            f"Host {host[:100]!r})")
+
+        async def send_with_headers(message: Any) -> None:
+            if message["type"] == "http.response.start":
+                message = {**message, "headers": [*message.get("headers", []), *_SECURITY_HEADERS]}
+            await send(message)
+
+        if refusal is not None:
+            import json
+
+            body = json.dumps({"detail": refusal[1]}).encode()
+            await send_with_headers({"type": "http.response.start", "status": refusal[0], "headers": [
+                (b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
+                (b"connection", b"close")]})
+            await send_with_headers({"type": "http.response.body", "body": body})
+            return
+        import anyio
+        from starlette.requests import ClientDisconnect
+
+        try:
+            await self.app(scope, receive, send_with_headers)
+        except (ClientDisconnect, anyio.EndOfStream, anyio.BrokenResourceError, anyio.ClosedResourceError,
+                ConnectionError) as err:
+            client = scope.get("client")
+            where = f"{client[0]}:{client[1]}" if client else "client"
+            log.info("%s: client disconnected (%s %s: %s)", where, scope["method"], scope.get("path", ""),
+                     type(err).__name__)
 
 
 def _static_file(name: str) -> bytes:
@@ -82,35 +252,52 @@ def create_app(
     max_upload_mb: float = DEFAULT_MAX_UPLOAD_MB,
     max_pixels: int = DEFAULT_MAX_PIXELS,
     display_side: int = DISPLAY_SIDE,
+    body_timeout_s: float = DEFAULT_BODY_TIMEOUT_S,
+    min_body_rate: float = DEFAULT_MIN_BODY_RATE,
+    allowed_hosts: Iterable[str] | None = None,
 ) -> Any:
-    """The FastAPI application serving ``predictor`` (see the module docstring for the API)."""
+    """The FastAPI application serving ``predictor`` (see the module docstring for the API).
+
+    ``body_timeout_s`` / ``min_body_rate``: a request body must arrive within ``body_timeout_s`` seconds
+    plus one second per ``min_body_rate`` bytes received, else 408. ``allowed_hosts``: the ``Host``
+    names accepted (any port; others get 400), e.g. :data:`LOCAL_HOSTS`; None accepts any ``Host``
+    (:func:`serve` passes :data:`LOCAL_HOSTS` when bound to a loopback address).
+    """
     # No ``from __future__ import annotations`` in this module: FastAPI reads the route signatures
     # annotations at run time, and ``Request`` is imported here, not at module level.
+    import contextlib
+    from types import SimpleNamespace
+
     from fastapi import FastAPI, Request
-    from fastapi.concurrency import run_in_threadpool
     from fastapi.responses import JSONResponse, Response
 
     if max_upload_mb <= 0:
         raise ValueError(f"max_upload_mb must be positive, got {max_upload_mb}")
+    if body_timeout_s <= 0 or min_body_rate <= 0:
+        raise ValueError(f"body_timeout_s and min_body_rate must be positive, got {body_timeout_s}, {min_body_rate}")
     max_bytes = int(max_upload_mb * 1024 * 1024)
     predictor.max_pixels = int(max_pixels)
     lock = threading.Lock()
-    in_flight = {"n": 0}
     counter_lock = threading.Lock()
+    worker = _PredictionWorker()
+    # Counters the tests (and a curious operator) can read: app.state.forgeloc.
+    state = SimpleNamespace(in_flight=0, worker=worker, timed_out=0, dropped=0, disconnected=0)
+    hosts = None if allowed_hosts is None else {h.lower() for h in allowed_hosts}
+    if hosts is not None and "[::1]" in hosts:
+        hosts.add("::1")
 
-    app = FastAPI(title="forgeloc", docs_url=None, redoc_url=None, openapi_url=None)
+    @contextlib.asynccontextmanager
+    async def lifespan(_app: Any) -> Any:
+        yield
+        worker.stop()
 
-    @app.middleware("http")
-    async def security_headers(request: Request, call_next: Any) -> Any:
-        response = await call_next(request)
-        response.headers["Content-Security-Policy"] = _CSP
-        response.headers["X-Content-Type-Options"] = "nosniff"
-        response.headers["Referrer-Policy"] = "no-referrer"
-        response.headers["Cache-Control"] = "no-store"
-        return response
+    app = FastAPI(title="forgeloc", docs_url=None, redoc_url=None, openapi_url=None, lifespan=lifespan)
+    app.state.forgeloc = state
+    app.add_middleware(_Guard, hosts=hosts)
 
-    def error(status: int, message: str) -> JSONResponse:
-        return JSONResponse({"detail": message}, status_code=status)
+    def error(status: int, message: str, *, close: bool = False) -> JSONResponse:
+        # close: the body was not read to its end, so the connection cannot carry another request.
+        return JSONResponse({"detail": message}, status_code=status, headers={"Connection": "close"} if close else None)
 
     def static(name: str) -> Response:
         return Response(_static_file(name), media_type=_STATIC[name])
@@ -210,38 +397,124 @@ def create_app(
         if declared is not None:
             try:
                 if int(declared) > max_bytes:
-                    return error(413, f"{limit_msg}, this file is {int(declared) / 2**20:.1f} MB")
+                    return error(413, f"{limit_msg}, this file is {int(declared) / 2**20:.1f} MB", close=True)
             except ValueError:
-                return error(400, "invalid Content-Length header")
+                return error(400, "invalid Content-Length header", close=True)
         with counter_lock:
-            if in_flight["n"] >= MAX_IN_FLIGHT:
+            if state.in_flight >= MAX_IN_FLIGHT:
                 return error(503, "the server is busy with other images; try again in a moment")
-            in_flight["n"] += 1
+            state.in_flight += 1
         try:
-            chunks: list[bytes] = []
-            size = 0
-            async for chunk in request.stream():
-                size += len(chunk)
-                if size > max_bytes:
-                    return error(413, limit_msg)
-                chunks.append(chunk)
-            data = b"".join(chunks)
-            del chunks
+            data = await read_body(request, limit_msg)
+            if isinstance(data, Response):
+                return data
             if not data:
                 return error(400, "empty upload: send the image file's bytes as the request body")
             name = _clean_name(request.headers.get("x-filename"))
             try:
-                payload = await run_in_threadpool(run_prediction, data, name, mode, threshold)
+                payload = await predict_while_connected(request, data, name, mode, threshold)
             except DecompressionBombError as err:
-                return error(413, f"image too large: {err.reason}")
+                return error(413, f"image too large: {err.reason}; this server analyses at most "
+                                  f"{predictor.max_pixels / 1e6:g} MP per image (forgeloc serve --max-pixels)")
             except ImageReadError as err:
                 return error(415, f"not an image: {name} {err.reason}")
+            if payload is None:  # the client left: nobody to answer
+                return Response(status_code=400)
             return JSONResponse(payload)
         finally:
             with counter_lock:
-                in_flight["n"] -= 1
+                state.in_flight -= 1
+
+    async def read_body(request: Request, limit_msg: str) -> bytes | Response:
+        """The whole body, or the response to send: 413 (too large), 408 (too slow / shorter than
+        declared), 400 (the client left: logged in one line)."""
+        loop = asyncio.get_running_loop()
+        start = loop.time()
+        chunks: list[bytes] = []
+        size = 0
+        receive = request.receive
+        while True:
+            remaining = start + body_timeout_s + size / min_body_rate - loop.time()
+            try:
+                if remaining <= 0:
+                    raise TimeoutError
+                message = await asyncio.wait_for(receive(), remaining)
+            except (TimeoutError, asyncio.TimeoutError):
+                state.timed_out += 1
+                log.warning("%s: upload too slow (%d bytes in %.0f s); answered 408", _client(request), size,
+                            loop.time() - start)
+                return error(408, f"the upload was too slow: the body must arrive within {body_timeout_s:g} s "
+                                  f"plus 1 s per {min_body_rate / 1024:g} KiB", close=True)
+            if message["type"] == "http.disconnect":
+                state.disconnected += 1
+                log.info("%s: client disconnected during the upload (%d bytes received)", _client(request), size)
+                return Response(status_code=400)
+            chunk = message.get("body", b"")
+            size += len(chunk)
+            if size > max_bytes:
+                return error(413, limit_msg, close=True)
+            if chunk:
+                chunks.append(chunk)
+            if not message.get("more_body", False):
+                return b"".join(chunks)
+
+    async def predict_while_connected(request: Request, data: bytes, name: str, mode: str,
+                                      threshold: float | None) -> dict[str, Any] | None:
+        """Run the prediction on the worker thread; None when the client leaves first (a prediction not
+        yet started is skipped, a running one finishes and its result is dropped)."""
+        future = worker.submit(run_prediction, data, name, mode, threshold)
+        waiter = asyncio.wrap_future(future)
+        try:
+            while True:
+                done, _ = await asyncio.wait({waiter}, timeout=DISCONNECT_POLL_S)
+                if done:
+                    return waiter.result()
+                if await request.is_disconnected():
+                    started = not future.cancel()
+                    state.dropped += 1
+                    log.info("%s: client disconnected %s; result dropped", _client(request),
+                             "during its prediction" if started else "before its prediction started")
+                    return None
+        finally:
+            if not waiter.done():
+                future.cancel()
+                waiter.cancel()
 
     return app
+
+
+def make_server(
+    predictor: Predictor,
+    host: str = "127.0.0.1",
+    port: int = 8000,
+    *,
+    max_upload_mb: float = DEFAULT_MAX_UPLOAD_MB,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+    body_timeout_s: float = DEFAULT_BODY_TIMEOUT_S,
+    min_body_rate: float = DEFAULT_MIN_BODY_RATE,
+    log_level: str = "info",
+    **uvicorn_options: Any,
+) -> Any:
+    """The ``uvicorn.Server`` :func:`serve` runs (``uvicorn_options`` override its settings, for tests)."""
+    import uvicorn
+
+    local = host.lower() in _LOOPBACK_BINDS
+    app = create_app(predictor, max_upload_mb=max_upload_mb, max_pixels=max_pixels, body_timeout_s=body_timeout_s,
+                     min_body_rate=min_body_rate, allowed_hosts=LOCAL_HOSTS if local else None)
+    options: dict[str, Any] = {
+        "host": host, "port": port, "workers": 1, "log_level": log_level, "server_header": False,
+        # h11: the only HTTP implementation the limit below applies to (httptools is not a dependency).
+        "http": "h11",
+        # Request bodies beyond the limit are refused by the app; this bounds the headers too.
+        "h11_max_incomplete_event_size": 64 * 1024,
+        # Idle keep-alive connections are closed after 5 s (request bodies have their own deadline).
+        "timeout_keep_alive": 5,
+        # Ctrl+C / SIGTERM: open requests get this long, then they are cancelled (a running prediction
+        # is left to its daemon thread, which does not hold the process).
+        "timeout_graceful_shutdown": SHUTDOWN_TIMEOUT_S,
+    }
+    options.update(uvicorn_options)
+    return uvicorn.Server(uvicorn.Config(app, **options))
 
 
 def serve(
@@ -251,12 +524,10 @@ def serve(
     *,
     max_upload_mb: float = DEFAULT_MAX_UPLOAD_MB,
     max_pixels: int = DEFAULT_MAX_PIXELS,
+    body_timeout_s: float = DEFAULT_BODY_TIMEOUT_S,
+    min_body_rate: float = DEFAULT_MIN_BODY_RATE,
     log_level: str = "info",
 ) -> None:
     """Run the page with uvicorn (one process) until interrupted."""
-    import uvicorn
-
-    app = create_app(predictor, max_upload_mb=max_upload_mb, max_pixels=max_pixels)
-    uvicorn.run(app, host=host, port=port, workers=1, log_level=log_level, server_header=False,
-                # Request bodies beyond the limit are refused by the app; this bounds the headers too.
-                h11_max_incomplete_event_size=64 * 1024)
+    make_server(predictor, host, port, max_upload_mb=max_upload_mb, max_pixels=max_pixels,
+                body_timeout_s=body_timeout_s, min_body_rate=min_body_rate, log_level=log_level).run()
