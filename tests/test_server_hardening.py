@@ -270,6 +270,12 @@ def test_host_header_is_checked_when_bound_to_localhost():
         server = make_server(Predictor(PixelModel(), input_size=32), bind, _free_port())
         with TestClient(server.config.app) as client:
             assert client.get("/api/health", headers={"Host": "evil.example:8000"}).status_code == expected, bind
+    # A reverse proxy on the same machine that passes the public name on: extra_hosts.
+    server = make_server(Predictor(PixelModel(), input_size=32), "127.0.0.1", _free_port(),
+                         extra_hosts=["forgeloc.example.org"])
+    with TestClient(server.config.app) as client:
+        assert client.get("/api/health", headers={"Host": "forgeloc.example.org"}).status_code == 200
+        assert client.get("/api/health", headers={"Host": "evil.example"}).status_code == 400
     # And on the wire, from a real server.
     with _server(Predictor(PixelModel(), input_size=32)) as (_srv, port, _state, _):
         sock = _raw(port, _png(30, 30), host=f"rebound.example:{port}")

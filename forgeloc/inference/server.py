@@ -492,15 +492,20 @@ def make_server(
     max_pixels: int = DEFAULT_MAX_PIXELS,
     body_timeout_s: float = DEFAULT_BODY_TIMEOUT_S,
     min_body_rate: float = DEFAULT_MIN_BODY_RATE,
+    extra_hosts: Iterable[str] = (),
     log_level: str = "info",
     **uvicorn_options: Any,
 ) -> Any:
-    """The ``uvicorn.Server`` :func:`serve` runs (``uvicorn_options`` override its settings, for tests)."""
+    """The ``uvicorn.Server`` :func:`serve` runs (``uvicorn_options`` override its settings, for tests).
+
+    Bound to a loopback address, the server answers only to the ``Host`` names :data:`LOCAL_HOSTS` and
+    ``extra_hosts`` (e.g. the public name a reverse proxy on the same machine passes on).
+    """
     import uvicorn
 
     local = host.lower() in _LOOPBACK_BINDS
     app = create_app(predictor, max_upload_mb=max_upload_mb, max_pixels=max_pixels, body_timeout_s=body_timeout_s,
-                     min_body_rate=min_body_rate, allowed_hosts=LOCAL_HOSTS if local else None)
+                     min_body_rate=min_body_rate, allowed_hosts=[*LOCAL_HOSTS, *extra_hosts] if local else None)
     options: dict[str, Any] = {
         "host": host, "port": port, "workers": 1, "log_level": log_level, "server_header": False,
         # h11: the only HTTP implementation the limit below applies to (httptools is not a dependency).
@@ -526,8 +531,10 @@ def serve(
     max_pixels: int = DEFAULT_MAX_PIXELS,
     body_timeout_s: float = DEFAULT_BODY_TIMEOUT_S,
     min_body_rate: float = DEFAULT_MIN_BODY_RATE,
+    extra_hosts: Iterable[str] = (),
     log_level: str = "info",
 ) -> None:
-    """Run the page with uvicorn (one process) until interrupted."""
+    """Run the page with uvicorn (one process) until interrupted (see :func:`make_server`)."""
     make_server(predictor, host, port, max_upload_mb=max_upload_mb, max_pixels=max_pixels,
-                body_timeout_s=body_timeout_s, min_body_rate=min_body_rate, log_level=log_level).run()
+                body_timeout_s=body_timeout_s, min_body_rate=min_body_rate, extra_hosts=extra_hosts,
+                log_level=log_level).run()
