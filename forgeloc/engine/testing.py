@@ -142,7 +142,8 @@ def run_photo_test(
     from forgeloc.engine.evaluate import evaluate_photos
     from forgeloc.inference.predictor import load
 
-    predictor = load(checkpoint, device=device, threshold=threshold)
+    # Display-only cues (report panels) change no number: not run here. Fused cues are.
+    predictor = load(checkpoint, device=device, threshold=threshold, cues=[])
     rows = {name: evaluate_photos(predictor, source, definition=definition, threshold=threshold)
             for name, source in datasets.items()}
     desc = predictor.describe()
