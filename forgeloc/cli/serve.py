@@ -16,7 +16,9 @@ def serve(
     host: str = typer.Option("127.0.0.1", help="Address to listen on (0.0.0.0 exposes the page to the network)."),
     port: int = typer.Option(8000, min=1, max=65535, help="Port to listen on."),
     max_upload_mb: float = typer.Option(20.0, help="Largest accepted upload, in megabytes."),
-    max_pixels: int = typer.Option(50_000_000, min=1, help="Largest accepted image, in pixels (before decoding)."),
+    max_pixels: int = typer.Option(
+        25_000_000, min=1, help="Largest accepted image, in pixels (before decoding); bounds the work per upload."
+    ),
     threshold: float | None = typer.Option(None, help="Mask threshold (default: the checkpoint's, else 0.5)."),
     device: str | None = typer.Option(None, help="cpu, cuda ... (default: CUDA if available)."),
     amp: str | None = typer.Option(None, help="Mixed precision: bf16 (CPU/GPU) or fp16 (GPU)."),
