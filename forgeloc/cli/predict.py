@@ -273,6 +273,11 @@ def predict(
         help="Training-free detectors to run and show next to the heatmap, comma-separated (e.g. noise,ela,metadata; "
              "'all' for every one; default: those the detector records).",
     ),
+    fuse: str | None = typer.Option(
+        None, "--fuse",
+        help="Training-free detectors fused into the heatmap and score by the maximum rule, comma-separated "
+             "('' for none; default: those the detector records, copymove for the default detector).",
+    ),
     threads: int | None = typer.Option(None, min=1, help="CPU threads for PyTorch (default: all cores)."),
     recursive: bool = typer.Option(False, "--recursive", "-r", help="Descend into sub-folders of folder inputs."),
     max_pixels: int | None = typer.Option(None, help="Refuse images with more pixels (default: Pillow's limit)."),
@@ -321,6 +326,7 @@ def predict(
     if inputs and detector == "default" and _looks_like_checkpoint(inputs[0]) and len(inputs) > 1:
         detector, inputs = inputs[0], inputs[1:]
     cue_names = _parse_cues(cues)
+    fuse_names = _parse_cues(fuse)
     check_output_folder(out, create=False)
     files, problems = expand_inputs(inputs, recursive)
     stems = output_stems(files)
@@ -336,6 +342,7 @@ def predict(
             device=device, amp=None if amp == "none" else amp, max_pixels=max_pixels or DEFAULT_MAX_PIXELS,
             **({} if tile_overlap is None else {"tile_overlap": tile_overlap}),
             **({} if cue_names is None else {"cues": cue_names}),
+            **({} if fuse_names is None else {"fuse": fuse_names}),
         )
     except (CheckpointError, FileNotFoundError, ValueError) as err:
         fail(str(err))

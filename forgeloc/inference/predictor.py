@@ -795,7 +795,8 @@ def load(
         name = str(model_or_checkpoint)
         path = Path(model_or_checkpoint)
         if name in CUES and not path.exists():
-            return Predictor(None, fuse=[name], device=device, threshold=0.5 if threshold is None else threshold,
+            fuse = [name, *[f for f in kwargs.pop("fuse", None) or () if f != name]]
+            return Predictor(None, fuse=fuse, device=device, threshold=0.5 if threshold is None else threshold,
                              info={"detector": "training-free"}, **kwargs)
         if not path.exists():
             from forgeloc.models.registry import list_models
