@@ -370,7 +370,7 @@ def test_live_server_refuses_a_declared_oversize_upload_before_reading_it(server
     """Headers announce 100 MB, no body follows: the 413 must come back at once."""
     host, port = server.removeprefix("http://").split(":")
     with socket.create_connection((host, int(port)), timeout=10) as s:
-        s.sendall(b"POST /api/predict HTTP/1.1\r\nHost: x\r\nContent-Type: application/octet-stream\r\n"
+        s.sendall(b"POST /api/predict HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/octet-stream\r\n"
                   b"Content-Length: 104857600\r\n\r\n" + bytes(1024))
         reply = b""
         while b"\r\n\r\n" not in reply or not reply.rstrip().endswith(b"}"):
