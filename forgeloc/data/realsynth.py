@@ -182,8 +182,8 @@ def _copy_move(host, _donor, rng, cfg, hist):
     ys, xs = np.nonzero(region)
     for _ in range(20):  # a shift that keeps the copy inside and off its source
         dy, dx = (int(v) for v in rng.integers(-size // 2, size // 2, 2))
-        if abs(dy) + abs(dx) >= 24 and 0 <= ys.min() + dy and ys.max() + dy < size \
-                and 0 <= xs.min() + dx and xs.max() + dx < size:
+        if abs(dy) + abs(dx) >= 24 and ys.min() + dy >= 0 and ys.max() + dy < size \
+                and xs.min() + dx >= 0 and xs.max() + dx < size:
             break
     else:
         dy, dx = 0, 24 if xs.max() + 24 < size else -24
