@@ -2,8 +2,10 @@
 
 Usage (from the repository root)::
 
-    forgeloc predict CHECKPOINT "/data/coverage/images/[1-6]t.png" --out /tmp/docs_pred --report --mode resize
-    python docs/img/make_screenshots.py CHECKPOINT /data/coverage/images/1t.png /tmp/docs_pred/report.html docs/img
+    forgeloc demo --out /tmp/demo                       # or: forgeloc predict PHOTOS --out /tmp/demo
+    python docs/img/make_screenshots.py default /tmp/demo/photos/splice_coffee.jpg /tmp/demo/report.html docs/img
+
+(``default`` is the shipped detector; any checkpoint folder works too.)
 
 The screenshots are quantised to 256 colours so that each stays under 300 KB.
 """
