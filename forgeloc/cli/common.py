@@ -29,3 +29,16 @@ def parse_named(items: list[str]) -> dict[str, str]:
             fail(f"two datasets are named {name!r}; name them explicitly as NAME=PATH")
         named[name] = path
     return named
+
+
+def check_threshold_and_device(threshold: float | None, device: str | None) -> None:
+    """The option checks every predicting command shares: a threshold in [0, 1] (the heatmap is a
+    probability) and a device that exists here; a one-line error otherwise."""
+    from forgeloc.engine.config import validate_device
+
+    if threshold is not None and not 0.0 <= threshold <= 1.0:
+        fail(f"--threshold must be in [0, 1] (the heatmap is a probability), got {threshold}")
+    try:
+        validate_device(device)
+    except ValueError as err:
+        fail(f"--device: {err}")

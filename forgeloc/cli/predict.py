@@ -17,7 +17,7 @@ from typing import Any
 
 import typer
 
-from forgeloc.cli.common import console, fail
+from forgeloc.cli.common import check_threshold_and_device, console, fail
 
 _GLOB_CHARS = set("*?[")
 CSV_COLUMNS = ("name", "path", "width", "height", "score", "tampered_fraction", "mode", "threshold",
@@ -303,7 +303,6 @@ def predict(
 
     from forgeloc.checkpoint import CheckpointError
     from forgeloc.data.io import DEFAULT_MAX_PIXELS
-    from forgeloc.engine.config import validate_device
     from forgeloc.inference.predictor import MODES, Prediction, PredictionFailure, load
     from forgeloc.inference.visualize import encode_png
 
@@ -311,14 +310,9 @@ def predict(
         fail(f"--mode must be one of {', '.join(MODES)}, not {mode!r}")
     if amp not in (None, "bf16", "fp16", "none"):
         fail(f"--amp must be bf16 or fp16, not {amp!r}")
-    if threshold is not None and not 0.0 <= threshold <= 1.0:
-        fail(f"--threshold must be in [0, 1], got {threshold}")
     if max_pixels is not None and max_pixels < 1:
         fail(f"--max-pixels must be a positive number of pixels, got {max_pixels}")
-    try:
-        validate_device(device)
-    except ValueError as err:
-        fail(f"--device: {err}")
+    check_threshold_and_device(threshold, device)
     if threads is not None:
         import torch
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from forgeloc.cli.common import console, fail
+from forgeloc.cli.common import check_threshold_and_device, console, fail
 
 
 def serve(
@@ -45,8 +45,7 @@ def serve(
     cue_names = _parse_cues(cues)
     if max_upload_mb <= 0:
         fail("--max-upload-mb must be positive")
-    if threshold is not None and not 0.0 <= threshold <= 1.0:
-        fail(f"--threshold must be in [0, 1], got {threshold}")
+    check_threshold_and_device(threshold, device)
     try:
         predictor = load(
             checkpoint if model is None else model, None if model is None else checkpoint, threshold=threshold,

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import typer
 
-from forgeloc.cli.common import fail, parse_named
+from forgeloc.cli.common import check_threshold_and_device, fail, parse_named
 
 
 def test(
@@ -32,19 +32,13 @@ def test(
     from forgeloc.checkpoint import CheckpointError
     from forgeloc.cli.predict import check_output_folder
     from forgeloc.data.datasets import DatasetError
-    from forgeloc.engine.config import validate_device
     from forgeloc.engine.testing import run_test
 
     if definition not in ("forgeloc", "imdlbenco"):
         fail(f"--definition must be forgeloc or imdlbenco, not {definition!r}")
-    if threshold is not None and not 0.0 <= threshold <= 1.0:
-        fail(f"--threshold must be in [0, 1] (the heatmap is a probability), got {threshold}")
     if input_size is not None and input_size < 1:
         fail(f"--input-size must be a positive number of pixels, got {input_size}")
-    try:
-        validate_device(device)
-    except ValueError as err:
-        fail(f"--device: {err}")
+    check_threshold_and_device(threshold, device)
     check_output_folder(out)
     try:
         run_test(
