@@ -246,6 +246,44 @@ def _clean_name(raw: str | None) -> str:
     return name or "upload"
 
 
+def prediction_payload(result: Any, data: bytes, name: str, mode: str, input_size: int, display_side: int,
+                       elapsed_s: float) -> dict[str, Any]:
+    """The JSON the page receives for one prediction: the summary, the verdict, the chain of
+    custody, the cue panels and the display images as data URLs (nothing is written to disk)."""
+    photo = viz.resize_to_fit(result.image, display_side)
+    heat_small = viz.resize_to_fit(result.heatmap, display_side)
+    panels = report.cue_panels(result, min(display_side, CUE_DISPLAY_SIDE))
+    return {
+        **result.to_dict(),
+        "path": None,
+        "stem": PurePath(name).stem or "upload",
+        "elapsed_s": round(elapsed_s, 3),
+        "verdict_text": report.verdict_text(result.score, result.verdict),
+        "verdict_class": report.verdict_class(result.verdict),
+        "custody": {
+            # The predictor hashed the very bytes it decoded; no second pass over the upload.
+            "sha256": result.extra.get("sha256") or hashlib.sha256(data).hexdigest(),
+            "sha256_of": "bytes received",
+            "bytes": len(data),
+            "width": result.width,
+            "height": result.height,
+            "mode": result.mode,
+            "mode_reason": report.mode_reason(result, mode, input_size),
+            "windows": result.windows,
+            "streams": list(result.streams),
+            "fused": list(result.fused),
+        },
+        "cue_panels": [p.to_json() for p in panels],
+        "display_size": [int(photo.shape[1]), int(photo.shape[0])],
+        "images": {
+            "photo": _data_url("image/jpeg", viz.encode_jpeg(photo, 90)),
+            "layer": _data_url("image/png", viz.encode_png(viz.heat_layer_rgba(heat_small))),
+            "heatmap": _data_url("image/png", viz.encode_png(viz.colorize(heat_small))),
+            "mask": _data_url("image/png", viz.encode_png(result.mask_uint8())),
+        },
+    }
+
+
 def create_app(
     predictor: Predictor,
     *,
@@ -263,6 +301,8 @@ def create_app(
     names accepted (any port; others get 400), e.g. :data:`LOCAL_HOSTS`; None accepts any ``Host``
     (:func:`serve` passes :data:`LOCAL_HOSTS` when bound to a loopback address).
     """
+    # One function on purpose: the routes are closures over this app's own state (the model lock,
+    # the prediction worker, the counters), so several apps (tests) never share any of it.
     # No ``from __future__ import annotations`` in this module: FastAPI reads the route signatures
     # annotations at run time, and ``Request`` is imported here, not at module level.
     import contextlib
@@ -348,39 +388,8 @@ def create_app(
         start = time.perf_counter()
         with lock:
             result = predictor.predict(data, mode=mode, threshold=threshold, name=name)
-        photo = viz.resize_to_fit(result.image, display_side)
-        heat_small = viz.resize_to_fit(result.heatmap, display_side)
-        stem = PurePath(name).stem or "upload"
-        panels = report.cue_panels(result, min(display_side, CUE_DISPLAY_SIDE))
-        payload = {
-            **result.to_dict(),
-            "path": None,
-            "stem": stem,
-            "elapsed_s": round(time.perf_counter() - start, 3),
-            "verdict_text": report.verdict_text(result.score, result.verdict),
-            "verdict_class": report.verdict_class(result.verdict),
-            "custody": {
-                "sha256": hashlib.sha256(data).hexdigest(),
-                "sha256_of": "bytes received",
-                "bytes": len(data),
-                "width": result.width,
-                "height": result.height,
-                "mode": result.mode,
-                "mode_reason": report.mode_reason(result, mode, predictor.input_size),
-                "windows": result.windows,
-                "streams": list(result.streams),
-                "fused": list(result.fused),
-            },
-            "cue_panels": [p.to_json() for p in panels],
-            "display_size": [int(photo.shape[1]), int(photo.shape[0])],
-            "images": {
-                "photo": _data_url("image/jpeg", viz.encode_jpeg(photo, 90)),
-                "layer": _data_url("image/png", viz.encode_png(viz.heat_layer_rgba(heat_small))),
-                "heatmap": _data_url("image/png", viz.encode_png(viz.colorize(heat_small))),
-                "mask": _data_url("image/png", viz.encode_png(result.mask_uint8())),
-            },
-        }
-        return payload
+        return prediction_payload(result, data, name, mode, predictor.input_size, display_side,
+                                  time.perf_counter() - start)
 
     @app.post("/api/predict")
     async def predict(request: Request, mode: str = "auto", threshold: float | None = None) -> Any:
