@@ -420,6 +420,92 @@ def _run_notes(meta: dict[str, Any], table: PublishedTable) -> list[str]:
     return notes
 
 
+def _match_sets(results: dict[str, dict[str, Any]], table: PublishedTable, mapping: dict[str, str]):
+    """Your set for each table set: explicit ``mapping`` first, then the aliases (first one wins).
+    Returns ``(yours_for, unmatched, duplicates)``."""
+    yours_for: dict[str, str] = {}
+    unmatched: list[str] = []
+    duplicates: dict[str, list[str]] = {}
+    for name in results:
+        if name in mapping.values():
+            continue
+        canon = canonical_set(name)
+        if canon is None or canon not in table.sets:
+            unmatched.append(name)
+        elif canon in yours_for or canon in mapping:
+            duplicates.setdefault(canon, []).append(name)
+        else:
+            yours_for[canon] = name
+    for canon, name in mapping.items():
+        if name not in results:
+            raise CompareError(f"--set {canon}={name}: your results have no set {name!r} ({', '.join(results)})")
+        yours_for[canon] = name
+    return yours_for, unmatched, duplicates
+
+
+def _flag_causes(compared: ComparedRow, s: str, definition: Any, table: PublishedTable) -> list[str]:
+    """The known causes of a difference beyond tolerance on set ``s``."""
+    causes = []
+    if definition == "imdlbenco" and compared.n_authentic:
+        causes.append(f"authentic images counted: your run used the imdlbenco definition and this set has "
+                      f"{compared.n_authentic} authentic images, each scored 0 in {table.metric}")
+    said = bool(causes)
+    for cause in SET_CAUSES.get(s, ()):
+        # "authentic images counted" only where it can apply: not under the forgeloc definition
+        # (which leaves them out) and not when the set is known to have none.
+        if cause.startswith("authentic images counted") and (
+                definition == "forgeloc" or compared.n_authentic == 0 or said):
+            continue
+        causes.append(cause)
+    return causes + list(_GENERIC_CAUSES)
+
+
+def _compare_set(s: str, name: str | None, results: dict[str, dict[str, Any]], published: dict[str, float],
+                 table: PublishedTable, row: str, tolerance: float, definition: Any) -> ComparedRow:
+    """One table set: your value, the paper's, the difference and its status."""
+    paper = published.get(s)
+    metrics = results.get(name, {}) if name else {}
+    yours = _number(metrics.get(table.metric)) if name else None
+    compared = ComparedRow(s, name, yours, None if paper is None else paper / table.scale, None, False, "",
+                           n_tampered=_count(metrics.get("n_tampered")),
+                           n_authentic=_count(metrics.get("n_authentic")))
+    if name is None:
+        compared.status = "missing in your results"
+    elif yours is None:
+        compared.status = (f"your results have no {table.metric}" if table.metric not in metrics
+                           else f"{table.metric} is undefined (nan) in your results")
+    elif paper is None:
+        compared.status = f"no per-set value for {row} in this table"
+    else:
+        compared.diff = yours - compared.paper
+        compared.flagged = abs(compared.diff) > tolerance
+        compared.status = "beyond tolerance" if compared.flagged else "within tolerance"
+    if compared.flagged:
+        compared.causes = _flag_causes(compared, s, definition, table)
+    return compared
+
+
+def _average_row(published: dict[str, float], table: PublishedTable, row: str, rows: list[ComparedRow],
+                 tolerance: float) -> ComparedRow:
+    """The table's average, recomputed from your values over the same sets."""
+    our_values = {r.set: r.yours for r in rows if r.yours is not None}
+    paper_avg = published["avg"] / table.scale
+    sets_in_avg = table.averaged_sets(row)
+    avg = ComparedRow("avg", None, None, paper_avg, None, False, "")
+    if sets_in_avg and all(s in our_values for s in sets_in_avg):
+        avg.yours = sum(our_values[s] for s in sets_in_avg) / len(sets_in_avg)
+        avg.your_set = "mean of " + ", ".join(sets_in_avg)
+        avg.diff = avg.yours - paper_avg
+        avg.flagged = abs(avg.diff) > tolerance
+        avg.status = "beyond tolerance" if avg.flagged else "within tolerance"
+        if avg.flagged:
+            avg.causes = ["see the flagged sets"] if any(r.flagged for r in rows) else list(_GENERIC_CAUSES)
+    else:
+        missing = [s for s in sets_in_avg if s not in our_values]
+        avg.status = f"not computed: no {table.metric} for " + ", ".join(missing)
+    return avg
+
+
 def compare(
     results: dict[str, dict[str, Any]],
     meta: dict[str, Any],
@@ -440,90 +526,16 @@ def compare(
     if row not in table.rows:
         raise CompareError(f"table {table_key} has no row {row!r}; rows: {', '.join(table.rows)}")
     published = table.rows[row]
-    mapping = dict(mapping or {})
-
-    # Your set for each table set: explicit mapping first, then the aliases (first one wins).
-    yours_for: dict[str, str] = {}
-    unmatched: list[str] = []
-    duplicates: dict[str, list[str]] = {}
-    for name in results:
-        if name in mapping.values():
-            continue
-        canon = canonical_set(name)
-        if canon is None or canon not in table.sets:
-            unmatched.append(name)
-        elif canon in yours_for or canon in mapping:
-            duplicates.setdefault(canon, []).append(name)
-        else:
-            yours_for[canon] = name
-    for canon, name in mapping.items():
-        if name not in results:
-            raise CompareError(f"--set {canon}={name}: your results have no set {name!r} ({', '.join(results)})")
-        yours_for[canon] = name
-
+    yours_for, unmatched, duplicates = _match_sets(results, table, dict(mapping or {}))
     definition = meta.get("definition")
     run_notes = _run_notes(meta, table)
     for canon, names in duplicates.items():
         run_notes.append(f"{', '.join(names)} also match {canon}; compared: {yours_for[canon]} (choose with --set "
                          f"{canon}=NAME)")
-
-    rows: list[ComparedRow] = []
-    our_values: dict[str, float] = {}
-    for s in table.sets:
-        paper = published.get(s)
-        name = yours_for.get(s)
-        metrics = results.get(name, {}) if name else {}
-        yours = _number(metrics.get(table.metric)) if name else None
-        n_t = metrics.get("n_tampered")
-        n_a = metrics.get("n_authentic")
-        compared = ComparedRow(s, name, yours, None if paper is None else paper / table.scale, None, False, "",
-                               n_tampered=_count(n_t), n_authentic=_count(n_a))
-        if yours is not None:
-            our_values[s] = yours
-        if name is None:
-            compared.status = "missing in your results"
-        elif yours is None:
-            compared.status = (f"your results have no {table.metric}" if table.metric not in metrics
-                               else f"{table.metric} is undefined (nan) in your results")
-        elif paper is None:
-            compared.status = f"no per-set value for {row} in this table"
-        else:
-            compared.diff = yours - compared.paper
-            compared.flagged = abs(compared.diff) > tolerance
-            compared.status = "beyond tolerance" if compared.flagged else "within tolerance"
-        if compared.flagged:
-            causes = []
-            if definition == "imdlbenco" and compared.n_authentic:
-                causes.append(f"authentic images counted: your run used the imdlbenco definition and this set has "
-                              f"{compared.n_authentic} authentic images, each scored 0 in {table.metric}")
-            said = bool(causes)
-            for cause in SET_CAUSES.get(s, ()):
-                # "authentic images counted" only where it can apply: not under the forgeloc definition
-                # (which leaves them out) and not when the set is known to have none.
-                if cause.startswith("authentic images counted") and (
-                        definition == "forgeloc" or compared.n_authentic == 0 or said):
-                    continue
-                causes.append(cause)
-            causes += list(_GENERIC_CAUSES)
-            compared.causes = causes
-        rows.append(compared)
-
+    rows = [_compare_set(s, yours_for.get(s), results, published, table, row, tolerance, definition)
+            for s in table.sets]
     if "avg" in published:
-        paper_avg = published["avg"] / table.scale
-        sets_in_avg = table.averaged_sets(row)
-        avg = ComparedRow("avg", None, None, paper_avg, None, False, "")
-        if sets_in_avg and all(s in our_values for s in sets_in_avg):
-            avg.yours = sum(our_values[s] for s in sets_in_avg) / len(sets_in_avg)
-            avg.your_set = "mean of " + ", ".join(sets_in_avg)
-            avg.diff = avg.yours - paper_avg
-            avg.flagged = abs(avg.diff) > tolerance
-            avg.status = "beyond tolerance" if avg.flagged else "within tolerance"
-            if avg.flagged:
-                avg.causes = ["see the flagged sets"] if any(r.flagged for r in rows) else list(_GENERIC_CAUSES)
-        else:
-            missing = [s for s in sets_in_avg if s not in our_values]
-            avg.status = f"not computed: no {table.metric} for " + ", ".join(missing)
-        rows.append(avg)
+        rows.append(_average_row(published, table, row, rows, tolerance))
     return Comparison(table, row, tolerance, rows, run_notes, unmatched)
 
 
