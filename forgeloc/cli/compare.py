@@ -36,27 +36,13 @@ def compare(
     """
     from rich.console import Console
     from rich.markup import escape
-    from rich.table import Column, Table
 
-    from forgeloc.engine.compare import (
-        PAPERS,
-        TABLES,
-        CompareError,
-        compare_paper,
-        load_results,
-        write_comparison,
-    )
+    from forgeloc.engine.compare import CompareError, compare_paper, load_results, write_comparison
     from forgeloc.engine.compare import compare as compare_table
 
     console = Console()
     if list_tables:
-        listing = Table("source", "protocol", "metric", "rows")
-        listing.columns.insert(0, Column("table", no_wrap=True))
-        for key, t in TABLES.items():
-            listing.add_row(key, escape(t.source), escape(t.protocol.split(":")[0].split(" (")[0]), t.metric,
-                            escape(", ".join(t.rows)))
-        console.print(listing)
-        console.print("papers: " + ", ".join(f"{p} ({'/'.join(v)})" for p, v in PAPERS.items()))
+        _print_tables(console)
         return
     if results is None:
         fail("give the metrics.json that forgeloc test wrote (or --list)")
@@ -64,12 +50,7 @@ def compare(
         fail("give exactly one of --paper and --table")
     if tolerance < 0:
         fail(f"--tolerance must be >= 0, got {tolerance}")
-    mapping: dict[str, str] = {}
-    for item in set_map:
-        canon, sep, name = item.partition("=")
-        if not sep or not canon or not name:
-            fail(f"--set {item!r}: write TABLE_SET=YOUR_SET, e.g. NIST16=NIST16_1024")
-        mapping[canon] = name
+    mapping = _parse_set_map(set_map)
     try:
         rows, meta = load_results(results)
         if paper is not None:
@@ -82,18 +63,7 @@ def compare(
         fail(str(err))
 
     for comp in comparisons:
-        t = comp.table
-        view = Table(title=f"{escape(t.source)} — {escape(comp.row)} ({escape(t.metric_name)})", title_justify="left")
-        for col in ("set", "your set", "yours", "paper", "diff", "status"):
-            view.add_column(col, justify="right" if col in ("yours", "paper", "diff") else "left")
-        for r in comp.rows:
-            diff = "–" if r.diff is None else f"{r.diff:+.4f}"
-            status = f"[red]{escape(r.status)}[/red]" if r.flagged else escape(r.status)
-            view.add_row(r.set, escape(r.your_set or "–"), "–" if r.yours is None else f"{r.yours:.4f}",
-                         "–" if r.paper is None else f"{r.paper:.4f}", diff, status)
-        console.print(view)
-        for note in comp.run_notes:
-            console.print(f"your run: {escape(note)}", soft_wrap=True)
+        _print_comparison(console, comp)
     paths = write_comparison(comparisons, out or results.parent, meta, str(results))
     console.print(f"written: {escape(str(paths['md']))}, .csv, .json (causes of flagged differences in the .md)",
                   soft_wrap=True)
@@ -101,3 +71,48 @@ def compare(
 
 def register(app: typer.Typer) -> None:
     app.command("compare")(compare)
+
+
+def _parse_set_map(items: list[str]) -> dict[str, str]:
+    mapping: dict[str, str] = {}
+    for item in items:
+        canon, sep, name = item.partition("=")
+        if not sep or not canon or not name:
+            fail(f"--set {item!r}: write TABLE_SET=YOUR_SET, e.g. NIST16=NIST16_1024")
+        mapping[canon] = name
+    return mapping
+
+
+def _print_tables(console) -> None:
+    """``--list``: the transcribed tables and the papers they belong to."""
+    from rich.markup import escape
+    from rich.table import Column, Table
+
+    from forgeloc.engine.compare import PAPERS, TABLES
+
+    listing = Table("source", "protocol", "metric", "rows")
+    listing.columns.insert(0, Column("table", no_wrap=True))
+    for key, t in TABLES.items():
+        listing.add_row(key, escape(t.source), escape(t.protocol.split(":")[0].split(" (")[0]), t.metric,
+                        escape(", ".join(t.rows)))
+    console.print(listing)
+    console.print("papers: " + ", ".join(f"{p} ({'/'.join(v)})" for p, v in PAPERS.items()))
+
+
+def _print_comparison(console, comp) -> None:
+    """One comparison as a table on the terminal, then the notes about your run."""
+    from rich.markup import escape
+    from rich.table import Table
+
+    t = comp.table
+    view = Table(title=f"{escape(t.source)} — {escape(comp.row)} ({escape(t.metric_name)})", title_justify="left")
+    for col in ("set", "your set", "yours", "paper", "diff", "status"):
+        view.add_column(col, justify="right" if col in ("yours", "paper", "diff") else "left")
+    for r in comp.rows:
+        diff = "–" if r.diff is None else f"{r.diff:+.4f}"
+        status = f"[red]{escape(r.status)}[/red]" if r.flagged else escape(r.status)
+        view.add_row(r.set, escape(r.your_set or "–"), "–" if r.yours is None else f"{r.yours:.4f}",
+                     "–" if r.paper is None else f"{r.paper:.4f}", diff, status)
+    console.print(view)
+    for note in comp.run_notes:
+        console.print(f"your run: {escape(note)}", soft_wrap=True)
