@@ -213,6 +213,17 @@ def prepare(
         err_console.print(f"[red]error:[/red] {escape(str(err))}", soft_wrap=True)
         raise typer.Exit(2) from err
 
+    _print_prepare_summary(report, source, out)
+    if json_report is not None:
+        json_report.write_text(json.dumps({**report.to_dict(), "check": report.check}, indent=2))
+    _print_prepare_check(report)
+    console.print(f"report: {escape(str(out / 'prepare_report.json'))}", soft_wrap=True)
+    if not report.ok:
+        raise typer.Exit(1)
+
+
+def _print_prepare_summary(report, source: Path, out: Path) -> None:
+    """Counts, lists, notes, known defects and skipped files of one ``data prepare`` run."""
     c = report.counts
     table = Table(title=f"{escape(report.dataset)} from {escape(str(source))}", show_header=False,
                   title_justify="left")
@@ -240,8 +251,10 @@ def prepare(
         console.print(f"[yellow]skipped[/yellow] {escape(s['path'])}: {escape(s['reason'])}", soft_wrap=True)
     if report.removed:
         console.print(f"removed {len(report.removed)} file(s) an earlier run wrote and this one no longer does")
-    if json_report is not None:
-        json_report.write_text(json.dumps({**report.to_dict(), "check": report.check}, indent=2))
+
+
+def _print_prepare_check(report) -> None:
+    """What ``forgeloc data check`` said about each written list."""
     for group, result in report.check.items():
         colour = "red" if result["errors"] else "green"
         console.print(f"check {escape(group)}: [{colour}]{result['errors']} error(s)[/{colour}], "
@@ -249,9 +262,6 @@ def prepare(
         if result["errors"]:
             for problem in result["problems"]:
                 console.print(f"  {escape(problem)}", soft_wrap=True)
-    console.print(f"report: {escape(str(out / 'prepare_report.json'))}", soft_wrap=True)
-    if not report.ok:
-        raise typer.Exit(1)
 
 
 def register(app: typer.Typer) -> None:
