@@ -304,7 +304,6 @@ def predict(
     from forgeloc.checkpoint import CheckpointError
     from forgeloc.data.io import DEFAULT_MAX_PIXELS
     from forgeloc.inference.predictor import MODES, Prediction, PredictionFailure, load
-    from forgeloc.inference.visualize import encode_png
 
     if mode not in MODES:
         fail(f"--mode must be one of {', '.join(MODES)}, not {mode!r}")
@@ -371,25 +370,16 @@ def predict(
                     progress.console.print(f"[red]skipped[/red] {path}: {result.error}", highlight=False)
                 else:
                     assert isinstance(result, Prediction)
-                    overlay = result.overlay()
-                    images = {"heatmap": result.heatmap_rgb(), "overlay": overlay, "mask": result.mask_uint8()}
-                    targets = output_files(out, stem)
-                    written: list[Path] = []
                     try:
-                        for kind, target in targets.items():
-                            _write_replacing(target, encode_png(images[kind]))
-                            written.append(target)
+                        saved, overlay = _write_image_outputs(result, out, stem)
                     except OSError as err:
-                        for done in written:  # no half set of outputs for an image reported as failed
-                            with contextlib.suppress(OSError):
-                                done.unlink(missing_ok=True)
                         if err.errno not in _NAME_ERRNOS:
                             raise _OutputFolderError(f"cannot write into {out}: {err.strerror or err}") from err
-                        why = f"its output files cannot be written: {err.strerror or err} ({targets['heatmap'].name})"
+                        why = (f"its output files cannot be written: {err.strerror or err} "
+                               f"({output_files(out, stem)['heatmap'].name})")
                         failures.append({"name": path.name, "path": str(path), "error": why})
                         progress.console.print(f"[red]skipped[/red] {path}: {why}", highlight=False)
                     else:
-                        saved = {kind: str(target) for kind, target in targets.items()}
                         rows.append({**result.to_dict(), "path": str(path), "files": saved})
                         if report:
                             entries.append(report_entry(result, overlay=overlay, files=saved, name=result.name,
@@ -408,11 +398,7 @@ def predict(
     except BaseException as err:  # every way out keeps the results; re-raised below
         error = err
 
-    stopped = None
-    if isinstance(error, KeyboardInterrupt):
-        stopped = "interrupted (Ctrl+C)"
-    elif error is not None:
-        stopped = str(error) if isinstance(error, _OutputFolderError) else f"{type(error).__name__}: {error}"
+    stopped = _stopped_reason(error)
     info.update({"complete": error is None, "processed": processed, "total": len(files)})
     if stopped:
         info["stopped"] = stopped
@@ -435,15 +421,50 @@ def predict(
         console.print(f"[bold red]stopped by an error[/bold red] after {processed} of {len(files)} input(s); {where}",
                       highlight=False)
         raise error
+    _print_summary(out, len(rows), failures, report)
+    if failures:
+        raise typer.Exit(1)
+
+
+def _write_image_outputs(result: Any, out: Path, stem: str) -> tuple[dict[str, str], Any]:
+    """Write one image's heatmap, overlay and mask PNGs; return their paths and the overlay (the
+    report reuses it). On a write error the files already written are removed (no half set of
+    outputs for an image reported as failed) and the OSError propagates."""
+    from forgeloc.inference.visualize import encode_png
+
+    overlay = result.overlay()
+    images = {"heatmap": result.heatmap_rgb(), "overlay": overlay, "mask": result.mask_uint8()}
+    targets = output_files(out, stem)
+    written: list[Path] = []
+    try:
+        for kind, target in targets.items():
+            _write_replacing(target, encode_png(images[kind]))
+            written.append(target)
+    except OSError:
+        for done in written:
+            with contextlib.suppress(OSError):
+                done.unlink(missing_ok=True)
+        raise
+    return {kind: str(target) for kind, target in targets.items()}, overlay
+
+
+def _stopped_reason(error: BaseException | None) -> str | None:
+    if isinstance(error, KeyboardInterrupt):
+        return "interrupted (Ctrl+C)"
+    if error is None:
+        return None
+    return str(error) if isinstance(error, _OutputFolderError) else f"{type(error).__name__}: {error}"
+
+
+def _print_summary(out: Path, n_predicted: int, failures: list[dict[str, Any]], report: bool) -> None:
     if report:
         console.print(f"report: {out / 'report.html'}", highlight=False)
-    console.print(f"{len(rows)} image(s) predicted; results in {out / 'results.json'} and {out / 'results.csv'}",
+    console.print(f"{n_predicted} image(s) predicted; results in {out / 'results.json'} and {out / 'results.csv'}",
                   highlight=False)
     if failures:
         console.print(f"[bold red]{len(failures)} input(s) failed:[/bold red]", highlight=False)
         for f in failures:
             console.print(f"  {f['path']}: {f['error']}", highlight=False, soft_wrap=True)
-        raise typer.Exit(1)
 
 
 def _write_report(out: Path, entries: list, info: dict[str, Any], failures: list[dict[str, Any]], mode: str) -> None:
