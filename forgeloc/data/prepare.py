@@ -947,12 +947,7 @@ def prepare(
     src, dst = Path(source), Path(out)
     if not src.is_dir():
         raise PrepareError(f"{src}: source folder not found")
-    if options.long_side is not None and options.long_side < 1:
-        raise PrepareError(f"--long-side must be a positive number of pixels, got {options.long_side}")
-    if options.resized_format not in ("same", "png"):
-        raise PrepareError(f"resized_format must be 'same' or 'png', got {options.resized_format!r}")
-    if options.spliced_colour not in ("green", "red"):
-        raise PrepareError(f"spliced colour must be 'green' or 'red', got {options.spliced_colour!r}")
+    _validate_options(options)
     _check_output_folder(src, dst)
     scan = recipe.scan(src, options)
     report = PrepareReport(recipe=recipe.name, dataset=recipe.dataset, source=os.path.abspath(src),
@@ -967,25 +962,8 @@ def prepare(
                             + ("PNG" if options.resized_format == "png" else "their own format with Pillow's "
                                "defaults (JPEG quality 75)") + "; smaller images are used unchanged")
 
-    stems = _output_names(scan.candidates, src)
-    total = len(scan.candidates)
-
-    def work(i: int) -> _Done:
-        return _process(scan.candidates[i], stems[i], options)
-
-    results: list[_Done] = []
-    with ThreadPoolExecutor(max_workers=max(1, options.workers)) as pool:
-        for n, done in enumerate(pool.map(work, range(total)), start=1):
-            results.append(done)
-            if progress is not None:
-                progress(n, total)
-
-    previous: list[str] = []
-    if (dst / REPORT_NAME).is_file():
-        try:
-            previous = list(json.loads((dst / REPORT_NAME).read_text()).get("written", []))
-        except (OSError, ValueError):
-            previous = []
+    results = _process_all(scan.candidates, _output_names(scan.candidates, src), options, progress)
+    previous = _previously_written(dst)
     dst.mkdir(parents=True, exist_ok=True)
 
     written: set[str] = set()
@@ -1033,15 +1011,7 @@ def prepare(
                             "them authentic, IMDLBenCo scores them F1 = 0): " + ", ".join(empty[:10])
                             + (" ..." if len(empty) > 10 else ""))
 
-    for group in scan.groups:
-        group_dir = dst / group if group else dst
-        list_file = group_dir / DATASET_LIST_NAME
-        if entries[group]:
-            _write_if_changed(list_file, _list_text(entries[group]).encode("utf-8"))
-            written.add(_rel(list_file, dst))
-            report.lists[group] = _rel(list_file, dst)
-        else:
-            report.notes.append(f"list {group or 'dataset'}: nothing to write (no usable sample)")
+    _write_lists(scan.groups, entries, dst, written, report)
     report.removed = sorted(p for p in previous if p not in written and (dst / p).is_file())
     for rel in report.removed:
         (dst / rel).unlink()
@@ -1057,15 +1027,66 @@ def prepare(
     _write_if_changed(dst / REPORT_NAME, text.encode("utf-8"))
 
     if options.check:
-        from forgeloc.data.check import check_dataset
-
-        for group, rel in report.lists.items():
-            result = check_dataset(dst / rel, max_pixels=options.max_pixels)
-            report.check[group or "dataset"] = {
-                "errors": len(result.errors), "warnings": len(result.warnings),
-                "problems": [str(p) for p in result.problems[:50]],
-            }
+        _check_lists(report, dst, options.max_pixels)
     return report
+
+
+def _validate_options(options: PrepareOptions) -> None:
+    if options.long_side is not None and options.long_side < 1:
+        raise PrepareError(f"--long-side must be a positive number of pixels, got {options.long_side}")
+    if options.resized_format not in ("same", "png"):
+        raise PrepareError(f"resized_format must be 'same' or 'png', got {options.resized_format!r}")
+    if options.spliced_colour not in ("green", "red"):
+        raise PrepareError(f"spliced colour must be 'green' or 'red', got {options.spliced_colour!r}")
+
+
+def _process_all(candidates: list, stems: list[str], options: PrepareOptions,
+                 progress: Callable[[int, int], None] | None) -> list[_Done]:
+    """Read and convert every candidate on ``options.workers`` threads, in order."""
+    total = len(candidates)
+    results: list[_Done] = []
+    with ThreadPoolExecutor(max_workers=max(1, options.workers)) as pool:
+        for n, done in enumerate(pool.map(lambda i: _process(candidates[i], stems[i], options), range(total)),
+                                 start=1):
+            results.append(done)
+            if progress is not None:
+                progress(n, total)
+    return results
+
+
+def _previously_written(dst: Path) -> list[str]:
+    """The files an earlier run wrote into ``dst`` (from its report), so that stale ones can go."""
+    if not (dst / REPORT_NAME).is_file():
+        return []
+    try:
+        return list(json.loads((dst / REPORT_NAME).read_text()).get("written", []))
+    except (OSError, ValueError):
+        return []
+
+
+def _write_lists(groups, entries: dict[str, list[tuple[str, str]]], dst: Path, written: set[str],
+                 report: PrepareReport) -> None:
+    for group in groups:
+        group_dir = dst / group if group else dst
+        list_file = group_dir / DATASET_LIST_NAME
+        if entries[group]:
+            _write_if_changed(list_file, _list_text(entries[group]).encode("utf-8"))
+            written.add(_rel(list_file, dst))
+            report.lists[group] = _rel(list_file, dst)
+        else:
+            report.notes.append(f"list {group or 'dataset'}: nothing to write (no usable sample)")
+
+
+def _check_lists(report: PrepareReport, dst: Path, max_pixels: int) -> None:
+    """``forgeloc data check`` on every written list, into ``report.check``."""
+    from forgeloc.data.check import check_dataset
+
+    for group, rel in report.lists.items():
+        result = check_dataset(dst / rel, max_pixels=max_pixels)
+        report.check[group or "dataset"] = {
+            "errors": len(result.errors), "warnings": len(result.warnings),
+            "problems": [str(p) for p in result.problems[:50]],
+        }
 
 
 def _remove_empty_dirs(root: Path) -> None:
