@@ -1,0 +1,132 @@
+"""ONNX export: the graph computes the model's function, and runs without forgeloc or torch."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+import torch
+
+import forgeloc
+from forgeloc.checkpoint import CheckpointError
+from forgeloc.deploy import onnx as fonnx
+from forgeloc.inference.predictor import Predictor
+
+pytest.importorskip("onnxruntime")
+
+TINY = ["unet_baseline_tiny", "sparsevit_tiny", "mesorch_tiny", "mesorch_p_tiny", "ncl_tiny", "gridnet_tiny"]
+
+
+def _predictor(name: str) -> Predictor:
+    torch.manual_seed(0)
+    return Predictor(forgeloc.create_model(name))
+
+
+@pytest.mark.parametrize("name", TINY)
+def test_export_agrees_with_pytorch_at_any_batch_size(name, tmp_path):
+    predictor = _predictor(name)
+    result = fonnx.export_onnx(predictor, tmp_path)
+    assert max(result.check["max_abs_diff"].values()) <= fonnx.ATOL
+    model, config = fonnx.load_onnx(tmp_path)
+    assert config["onnx"]["opset"] == fonnx.OPSET and config["model"] == name
+    torch_model = predictor.model
+    gen = torch.Generator().manual_seed(7)
+    if config["onnx"]["outputs"] == ["block_logits"]:
+        coef = torch.round(torch.randn(3, 64, 19, 26, generator=gen) * 5) * 2  # another batch and block count
+        with torch.inference_mode():
+            torch.testing.assert_close(model.block_logits(coef), torch_model.block_logits(coef), atol=1e-4, rtol=0)
+        image = torch.randn(2, 3, 72, 88, generator=gen)
+    else:
+        size = model.input_size  # the size the graph was traced at
+        assert size == predictor.input_size
+        image = torch.randn(3, 3, size, size, generator=gen)
+    with torch.inference_mode():
+        ours, ref = model({"image": image}), torch_model({"image": image})
+    torch.testing.assert_close(ours["pred_mask"], ref["pred_mask"], atol=1e-4, rtol=0)
+
+
+def test_an_export_that_disagrees_is_refused_and_nothing_is_written(tmp_path, monkeypatch):
+    monkeypatch.setattr(fonnx, "ATOL", -1.0)  # no graph can agree this well
+    with pytest.raises(fonnx.ExportError, match="disagrees with PyTorch"):
+        fonnx.export_onnx(_predictor("unet_baseline_tiny"), tmp_path / "out")
+    assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())
+
+
+def test_training_free_detectors_have_nothing_to_export(tmp_path):
+    with pytest.raises(fonnx.ExportError, match="training-free"):
+        fonnx.export_onnx(forgeloc.load("copymove"), tmp_path)
+
+
+def test_a_graph_from_another_export_is_refused(tmp_path):
+    fonnx.export_onnx(_predictor("unet_baseline_tiny"), tmp_path / "a")
+    fonnx.export_onnx(_predictor("ncl_tiny"), tmp_path / "b")
+    (tmp_path / "a" / fonnx.ONNX_FILE).write_bytes((tmp_path / "b" / fonnx.ONNX_FILE).read_bytes())
+    with pytest.raises(CheckpointError, match="sha256"):
+        fonnx.load_onnx(tmp_path / "a")
+    with pytest.raises(CheckpointError, match="not an ONNX export"):
+        fonnx.load_onnx(tmp_path)
+
+
+def test_config_records_the_preprocessing_and_threshold(tmp_path):
+    fonnx.export_onnx(forgeloc.load(), tmp_path)
+    config = json.loads((tmp_path / fonnx.CONFIG_FILE).read_text())
+    section = config["onnx"]
+    assert config["input"]["mode"] == "native" and config["fuse"] == ["copymove"]
+    assert config["threshold"] == 0.5 and config["calibration"]["high"] > config["calibration"]["low"]
+    assert section["inputs"][0]["name"] == "coef" and "DCT" in section["inputs"][0]["meaning"]
+    assert "JPEG stream" in section["predict"]["native"]
+    fonnx.export_onnx(_predictor("sparsevit_tiny"), tmp_path / "vit")
+    image_input = json.loads((tmp_path / "vit" / fonnx.CONFIG_FILE).read_text())["onnx"]["inputs"][0]
+    assert image_input["normalization"]["mean"] == [0.485, 0.456, 0.406]
+
+
+# A consumer with onnxruntime and numpy only: torch and forgeloc cannot be imported.
+_CONSUMER = textwrap.dedent("""
+    import importlib.abc, json, sys
+
+    class Refuse(importlib.abc.MetaPathFinder):
+        def find_spec(self, name, path=None, target=None):
+            if name.split(".")[0] in ("torch", "forgeloc"):
+                raise ImportError(f"{name} is not installed here")
+            return None
+
+    sys.meta_path.insert(0, Refuse())
+    import numpy as np
+    import onnxruntime as ort
+
+    folder, sample, expected = sys.argv[1:4]
+    config = json.load(open(folder + "/config.json"))
+    sess = ort.InferenceSession(folder + "/" + config["onnx"]["file"], providers=["CPUExecutionProvider"])
+    name = config["onnx"]["inputs"][0]["name"]
+    out = sess.run(None, {name: np.load(sample)})[0]
+    print("max diff", float(np.abs(out - np.load(expected)).max()))
+    assert "torch" not in sys.modules and "forgeloc" not in sys.modules
+""")
+
+
+@pytest.mark.parametrize("name", ["sparsevit_tiny", "gridnet_tiny"])
+def test_the_onnx_file_runs_without_forgeloc_or_torch(name, tmp_path):
+    predictor = _predictor(name)
+    fonnx.export_onnx(predictor, tmp_path / "export")
+    gen = torch.Generator().manual_seed(3)
+    if name.startswith("gridnet"):
+        sample = torch.round(torch.randn(2, 64, 12, 17, generator=gen) * 5) * 2
+        with torch.inference_mode():
+            expected = predictor.model.block_logits(sample)
+    else:
+        size = predictor.model.input_size
+        sample = torch.randn(2, 3, size, size, generator=gen)
+        with torch.inference_mode():
+            expected = predictor.model({"image": sample})["pred_mask"]
+    np.save(tmp_path / "sample.npy", sample.numpy())
+    np.save(tmp_path / "expected.npy", expected.numpy())
+    (tmp_path / "consumer.py").write_text(_CONSUMER)
+    run = subprocess.run([sys.executable, "-I", str(tmp_path / "consumer.py"), str(tmp_path / "export"),
+                          str(tmp_path / "sample.npy"), str(tmp_path / "expected.npy")],
+                         capture_output=True, text=True, timeout=120, cwd=tmp_path)
+    assert run.returncode == 0, run.stderr
+    assert float(run.stdout.split("max diff")[1]) <= fonnx.ATOL
