@@ -13,13 +13,6 @@ import torch
 from torch import nn
 
 import forgeloc
-from forgeloc.checkpoint import (
-    CheckpointError,
-    load_model,
-    load_state_dict_file,
-    resolve_checkpoint,
-    save_state_dict,
-)
 from forgeloc.engine.checkpointing import (
     find_latest_checkpoint,
     is_complete,
@@ -30,6 +23,8 @@ from forgeloc.engine.checkpointing import (
 )
 from forgeloc.engine.config import OptimConfig, load_config
 from forgeloc.engine.optim import build_optimizer, learning_rate, parameter_groups
+from forgeloc.io import CheckpointError, load_state_dict_file, save_state_dict
+from forgeloc.models.factory import load_model, resolve_checkpoint
 
 
 # --- config -----------------------------------------------------------------------------------
