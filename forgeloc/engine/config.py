@@ -28,6 +28,10 @@ class ModelConfig(_Strict):
 
     name: str = Field(description="registered model name (forgeloc.list_models())")
     kwargs: dict[str, Any] = Field(default_factory=dict, description="constructor options of the model")
+    pretrained: dict[str, Any] = Field(
+        default_factory=dict,
+        description="ImageNet backbone weights for training (the options of the family's load_pretrained)",
+    )
     aux_loss: dict[str, Any] | None = Field(
         default=None, description="auxiliary loss wrapped around the model, e.g. {name: ncl, weight: 1.0}"
     )
@@ -230,10 +234,10 @@ def _resolve_paths(raw: dict[str, Any], base: Path, fallback: Path | None = None
     model = raw.get("model") or {}
     if isinstance(model.get("init_checkpoint"), str):
         model["init_checkpoint"] = fix(model["init_checkpoint"])
-    kwargs = model.get("kwargs") or {}
-    for key, value in list(kwargs.items()):
-        if key.endswith("_path") and isinstance(value, str):
-            kwargs[key] = fix(value)
+    for options in (model.get("kwargs") or {}, model.get("pretrained") or {}):
+        for key, value in list(options.items()):
+            if key.endswith("_path") and isinstance(value, str):
+                options[key] = fix(value)
 
 
 def load_config(

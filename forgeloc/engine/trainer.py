@@ -83,7 +83,7 @@ def epoch_seed(seed: int, epoch: int, rank: int) -> int:
 
 def build_model(cfg: Config) -> nn.Module:
     """The configured model, with its auxiliary loss and initial weights when asked for."""
-    model = create_model(cfg.model.name, **cfg.model.kwargs)
+    model = create_model(cfg.model.name, pretrained=cfg.model.pretrained, **cfg.model.kwargs)
     if cfg.model.init_checkpoint:
         load_weights(model, cfg.model.init_checkpoint, strict=True)
         log.info("initialised %s from %s", cfg.model.name, cfg.model.init_checkpoint)

@@ -139,8 +139,9 @@ def filter_state_dict(state_dict: Mapping[str, torch.Tensor], model: nn.Module) 
 
 
 def _deprecated(message: str) -> None:
-    """The one way forgeloc says that a spelling is deprecated (hidden by default, as Python does)."""
-    warnings.warn(message, DeprecationWarning, stacklevel=3)
+    """The one way forgeloc says that a spelling is deprecated (hidden by default, as Python does);
+    the warning points at the caller of the public function (three frames up)."""
+    warnings.warn(message, DeprecationWarning, stacklevel=4)
 
 
 def _pretrained_options(ctor: Callable[..., Any]) -> tuple[Callable[..., Any] | None, list[str]]:
