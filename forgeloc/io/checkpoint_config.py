@@ -100,7 +100,7 @@ def check_device(device: str | torch.device | None) -> None:
         return
     if dev.type == "cuda":
         if not torch.cuda.is_available():
-            raise ValueError(f"device {device!r} requested but CUDA is not available here; use --device cpu")
+            raise ValueError(f"device {device!r} requested but CUDA is not available here; use cpu instead")
         count = torch.cuda.device_count()
         if dev.index is not None and dev.index >= count:
             raise ValueError(f"device {device!r}: this machine has {count} CUDA device(s) (cuda:0 to cuda:{count - 1})")
