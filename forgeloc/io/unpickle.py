@@ -23,7 +23,6 @@ the number of objects the pickle builds from its own memo is capped by its lengt
 with compressed members are refused (``torch.save`` never compresses; a deflated member can expand
 without bound), and so are archives whose members claim more bytes than the file holds. Every
 failure to parse a file becomes a :class:`CheckpointError` that names it.
-
 """
 
 from __future__ import annotations
