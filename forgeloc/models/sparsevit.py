@@ -502,7 +502,7 @@ class SparseViT(ForgeryModel):
         super().__init__()
         if img_size is not None:
             warnings.warn("SparseViT(img_size=...) is deprecated: the option is called input_size, as in every "
-                          "forgeloc model", DeprecationWarning, stacklevel=3)
+                          "forgeloc model", DeprecationWarning, stacklevel=2)
             input_size = img_size
         emit3, emit4 = _stage_emits(depth[2], depth[3]) if len(depth) == 4 else ([], [])
         if len(emit3) + len(emit4) + 2 != 6:
