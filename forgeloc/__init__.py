@@ -14,7 +14,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from forgeloc.models.registry import create_model, list_models, register_model
+from forgeloc.models.factory import create_model
+from forgeloc.models.registry import list_models, register_model
 
 if TYPE_CHECKING:
     from forgeloc.inference.predictor import Predictor

@@ -10,7 +10,7 @@ from pathlib import Path
 import torch
 
 from forgeloc.engine.bench import count_flops, time_and_memory
-from forgeloc.models.registry import create_model
+from forgeloc.models.factory import create_model
 
 
 def test_cli_writes_measured_figures_for_inference_and_training(tmp_path: Path) -> None:

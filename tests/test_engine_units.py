@@ -13,13 +13,6 @@ import torch
 from torch import nn
 
 import forgeloc
-from forgeloc.checkpoint import (
-    CheckpointError,
-    load_model,
-    load_state_dict_file,
-    resolve_checkpoint,
-    save_state_dict,
-)
 from forgeloc.engine.checkpointing import (
     find_latest_checkpoint,
     is_complete,
@@ -30,6 +23,8 @@ from forgeloc.engine.checkpointing import (
 )
 from forgeloc.engine.config import OptimConfig, load_config
 from forgeloc.engine.optim import build_optimizer, learning_rate, parameter_groups
+from forgeloc.io import CheckpointError, load_state_dict_file, save_state_dict
+from forgeloc.models.factory import load_model, resolve_checkpoint
 
 
 # --- config -----------------------------------------------------------------------------------
@@ -188,3 +183,130 @@ def test_baseline_contract() -> None:
     assert "loss" not in model({"image": batch["image"]})
     with pytest.raises(ValueError, match="divisible by 4"):
         model({"image": torch.randn(1, 3, 30, 30)})
+
+
+# --------------------------------------------------------------------------------------------------
+# The typed checkpoint config: one reader, one precedence rule, one set of validators
+# --------------------------------------------------------------------------------------------------
+def test_checkpoint_config_reads_the_default_detector_unchanged() -> None:
+    import json
+
+    from forgeloc.inference.predictor import default_detector_path
+    from forgeloc.io import CheckpointConfig
+
+    folder = default_detector_path()
+    cfg = CheckpointConfig.from_json(folder)
+    assert (cfg.model, cfg.model_kwargs, cfg.input_mode, cfg.input_size) == ("gridnet", {"width": 48}, "native", 384)
+    assert cfg.fuse == ("copymove",) and "jpeg_grid" in cfg.cues and cfg.calibration["high"] > cfg.calibration["low"]
+    assert cfg.card["title"].startswith("forgeloc default detector")
+    assert cfg.to_json() == json.loads((folder / "config.json").read_text())
+    assert CheckpointConfig.from_json(cfg.to_json()) == cfg
+
+
+def test_checkpoint_config_resolves_overrides_once() -> None:
+    from forgeloc.io import CheckpointConfig
+
+    cfg = CheckpointConfig.from_json({"model": "m", "input": {"mode": "pad", "size": 64}, "threshold": 0.3,
+                                      "image_score": "mean"})
+    plain = cfg.resolve(device="cpu")
+    assert (plain.input_size, plain.input_mode, plain.threshold, plain.image_score) == (64, "pad", 0.3, "mean")
+    # The model's fixed size wins, then the caller's, then the recorded one, then 512.
+    assert cfg.resolve(input_size=32).input_size == 32
+    assert cfg.resolve(model_input_size=128, input_size=32).input_size == 128
+    assert CheckpointConfig().resolve().input_size == 512
+    over = cfg.resolve(input_mode="resize", threshold=0.0, image_score="max")
+    assert (over.input_mode, over.threshold, over.image_score) == ("resize", 0.0, "max")
+    assert CheckpointConfig.from_json({"input": {"mode": "native"}}).resolve().input_mode == "resize"
+    assert cfg.resolve(device="auto").device.type in ("cpu", "cuda")
+    for bad, message in (({"threshold": 7}, "threshold must be in"), ({"input_mode": "crop"}, "input_mode must be"),
+                         ({"device": "tpu"}, "unknown device 'tpu'"), ({"input_size": 0}, "input_size must be")):
+        with pytest.raises(ValueError, match=message):
+            cfg.resolve(**bad)
+
+
+def test_checkpoint_config_refuses_malformed_cue_lists(tmp_path: Path) -> None:
+    from forgeloc.io import CheckpointConfig
+
+    (tmp_path / "config.json").write_text('{"model": "gridnet", "fuse": "copymove"}')
+    with pytest.raises(CheckpointError, match="'fuse' must be a list of cue names"):
+        CheckpointConfig.from_json(tmp_path)
+    assert CheckpointConfig.from_json(tmp_path / "empty" / "model.safetensors") == CheckpointConfig()  # no config
+
+
+def _checkpoint_folder(folder: Path, name: str, recorded_size: int) -> Path:
+    from forgeloc.engine.checkpointing import write_model_folder
+
+    model = forgeloc.create_model(name)
+    write_model_folder(folder, model.state_dict(), {"model": name, "model_kwargs": {},
+                                                    "input": {"mode": "resize", "size": recorded_size}})
+    return folder
+
+
+@pytest.mark.parametrize(("name", "override", "expected"), [
+    ("unet_baseline_tiny", None, 64),   # recorded
+    ("unet_baseline_tiny", 32, 32),     # the caller's
+    ("ncl_tiny", 96, 128),              # the model's fixed size
+])
+def test_predictor_and_forgeloc_test_agree_on_the_input_size(tmp_path: Path, name, override, expected) -> None:
+    from forgeloc.engine.testing import eval_setup
+    from forgeloc.inference.predictor import Predictor
+
+    folder = _checkpoint_folder(tmp_path / "ckpt", name, recorded_size=64)
+    predictor = Predictor.from_checkpoint(folder, input_size=override, device="cpu")
+    _, cfg, _, meta = eval_setup(folder, input_size=override, device="cpu", num_workers=0)
+    assert predictor.input_size == cfg.data.input_size == meta["input_size"] == expected
+
+
+def test_backbone_weights_are_not_constructor_options(tmp_path: Path) -> None:
+    import warnings
+
+    donor = forgeloc.create_model("ncl_tiny")
+    backbone = {k.removeprefix("backbone."): v for k, v in donor.state_dict().items() if k.startswith("backbone.")}
+    path = save_state_dict(backbone, tmp_path / "resnet.safetensors")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        model = forgeloc.create_model("ncl_tiny", pretrained={"pretrained_path": path})
+    assert torch.equal(model.backbone.conv1.weight, donor.backbone.conv1.weight)
+    assert "pretrained_path" not in model.model_kwargs  # a checkpoint never records where a backbone came from
+    with pytest.warns(DeprecationWarning, match="pretrained=") as caught:
+        old = forgeloc.create_model("ncl_tiny", pretrained_path=path)
+    assert caught[0].filename == __file__  # the warning points at the caller
+    assert torch.equal(old.backbone.conv1.weight, donor.backbone.conv1.weight)
+    with pytest.raises(TypeError, match="no pretrained backbone options"):
+        forgeloc.create_model("unet_baseline_tiny", pretrained={"pretrained_path": path})
+
+
+def test_old_configs_recording_backbone_paths_still_load(tmp_path: Path) -> None:
+    from forgeloc.engine.checkpointing import write_model_folder
+
+    model = forgeloc.create_model("ncl_tiny")
+    write_model_folder(tmp_path, model.state_dict(), {"model": "ncl_tiny",
+                                                      "model_kwargs": {"pretrained_path": "/gone/resnet.pth"}})
+    with pytest.warns(DeprecationWarning, match="pretrained-backbone options"):
+        loaded, meta = load_model(tmp_path)
+    assert meta["model_kwargs"] == {}
+    assert torch.equal(loaded.backbone.conv1.weight, model.backbone.conv1.weight)
+
+
+def test_sparsevit_img_size_is_the_deprecated_spelling_of_input_size() -> None:
+    from forgeloc.models.sparsevit import SparseViT
+
+    tiny = {"depth": [1, 1, 15, 4], "embed_dim": [16, 32, 320, 512], "s_blocks3": [8, 4, 4], "s_blocks4": [4],
+            "mlp_ratio": 1.0}
+    with pytest.warns(DeprecationWarning, match="input_size"):
+        old = SparseViT(img_size=128, **tiny)
+    assert old.input_size == SparseViT(input_size=128, **tiny).input_size == 128
+
+
+def test_load_weights_reports_key_differences(tmp_path: Path) -> None:
+    from forgeloc.io import KeyReport, WeightsMismatchError
+    from forgeloc.models.factory import load_weights
+
+    model = forgeloc.create_model("unet_baseline_tiny")
+    sd = model.state_dict()
+    first = next(iter(sd))
+    partial = {k: v for k, v in sd.items() if k != first}
+    report = load_weights(model, {**partial, "extra": torch.zeros(1)}, strict=False)
+    assert report == KeyReport(missing=[first], unexpected=["extra"], wrong_shape=[])
+    with pytest.raises(WeightsMismatchError, match=r"does not fit unet_baseline_tiny: 1 missing .*1 unexpected"):
+        load_weights(model, {**partial, "extra": torch.zeros(1)})

@@ -28,18 +28,17 @@ import torch
 from torch import nn
 
 import forgeloc
-from forgeloc.checkpoint import (
+from forgeloc.io import (
     CONFIG_FILE,
     MODEL_FILE,
     CheckpointError,
     atomic_write,
-    load_model,
-    load_model_weights,
     load_state_dict_file,
     read_checkpoint_object,
     restricted_load,
     save_state_dict,
 )
+from forgeloc.models.factory import load_model, load_weights
 
 REPO = Path(__file__).resolve().parents[1]
 ONE_FLOAT = struct.pack("<f", 1.0)
@@ -176,8 +175,8 @@ CHILD = textwrap.dedent(
     import json, resource, sys, time
     import torch
     torch.set_num_threads(1)
-    from forgeloc import checkpoint
-    from forgeloc.models.registry import create_model
+    from forgeloc import io as checkpoint
+    from forgeloc.models.factory import create_model, load_model
 
     def vm_bytes():
         with open("/proc/self/status") as fh:
@@ -189,7 +188,7 @@ CHILD = textwrap.dedent(
         "load_state_dict_file": checkpoint.load_state_dict_file,
         "restricted_load": checkpoint.restricted_load,
         "read_checkpoint_object": checkpoint.read_checkpoint_object,
-        "load_model": checkpoint.load_model,
+        "load_model": load_model,
         "create_model": lambda p: create_model("unet_baseline_tiny", checkpoint=p),
     }
     results = []
@@ -337,10 +336,10 @@ def test_executable_globals_are_reported(tmp_path, caplog):
     sd = nn.Linear(3, 2).state_dict()
     src = tmp_path / "evil.pth"
     torch.save({"model": sd, "hook": System(), "more": [Eval()]}, src)
-    with caplog.at_level(logging.WARNING, logger="forgeloc.checkpoint"):
+    with caplog.at_level(logging.WARNING, logger="forgeloc.io.unpickle"):
         got = load_state_dict_file(src)
     assert all(torch.equal(got[k], v) for k, v in sd.items())
-    warnings = [r for r in caplog.records if r.name == "forgeloc.checkpoint" and r.levelno == logging.WARNING]
+    warnings = [r for r in caplog.records if r.name == "forgeloc.io.unpickle" and r.levelno == logging.WARNING]
     assert len(warnings) == 1
     text = warnings[0].getMessage()
     assert "evil.pth" in text and "posix.system" in text and "builtins.eval" in text and "Nothing was run" in text
@@ -352,10 +351,10 @@ def test_harmless_pickled_module_is_not_reported(tmp_path, caplog):
     src = tmp_path / "args.pth"
     torch.save({"model": nn.Sequential(nn.Conv2d(1, 2, 1)).state_dict(), "args": Path("x"),
                 "opts": types.SimpleNamespace(lr=0.1)}, src)
-    with caplog.at_level(logging.WARNING, logger="forgeloc.checkpoint"):
+    with caplog.at_level(logging.WARNING, logger="forgeloc.io.unpickle"):
         _, inert = restricted_load(src)
     assert {"pathlib.PosixPath", "types.SimpleNamespace"} <= inert
-    assert not [r for r in caplog.records if r.name == "forgeloc.checkpoint"]
+    assert not [r for r in caplog.records if r.name == "forgeloc.io.unpickle"]
 
 
 # --------------------------------------------------------------------------------------------------
@@ -574,7 +573,7 @@ def test_model_with_its_own_non_finite_buffer_still_loads(tmp_path):
             self.register_buffer("mask", torch.tensor([0.0, -float("inf")]))
 
     save_state_dict(Masked(), tmp_path / "masked.safetensors")
-    load_model_weights(Masked(), tmp_path / "masked.safetensors")
+    load_weights(Masked(), tmp_path / "masked.safetensors")
 
 
 # --------------------------------------------------------------------------------------------------

@@ -1,4 +1,4 @@
-"""Reading untrusted pickled checkpoints without executing them (forgeloc.checkpoint).
+"""Reading untrusted pickled checkpoints without executing them (forgeloc.io).
 
 Every pickle here is built by the test itself: whole models whose classes no longer exist, payloads
 whose ``__reduce__`` would run a command, and files that are not checkpoints at all.
@@ -19,7 +19,7 @@ import torch
 from safetensors.torch import load_file
 from torch import nn
 
-from forgeloc.checkpoint import (
+from forgeloc.io import (
     CheckpointError,
     InertObject,
     extract_state_dict,

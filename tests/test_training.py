@@ -148,9 +148,9 @@ def test_forgeloc_test_same_metrics_with_one_and_two_processes(tmp_path: Path, s
 def test_auxiliary_loss_run_saves_inference_weights_and_resumes(tmp_path: Path, synth_data) -> None:
     """A model trained with NCL's losses switched on (``model.aux_loss``) predicts from its
     checkpoint like any other model, and ``--resume`` restores the auxiliary heads too."""
-    from forgeloc.checkpoint import load_model
     from forgeloc.engine.config import load_config
     from forgeloc.engine.trainer import train
+    from forgeloc.models.factory import load_model
 
     cfg_path = _config(tmp_path, synth_data, epochs=2, deterministic=False, max_steps_per_epoch=2)
     overrides = [f"train.output_dir={tmp_path / 'run'}", "model.aux_loss={name: ncl, weight: 0.5}"]

@@ -34,11 +34,14 @@ def parse_named(items: list[str]) -> dict[str, str]:
 def check_threshold_and_device(threshold: float | None, device: str | None) -> None:
     """The option checks every predicting command shares: a threshold in [0, 1] (the heatmap is a
     probability) and a device that exists here; a one-line error otherwise."""
-    from forgeloc.engine.config import validate_device
+    from forgeloc.io import check_device, check_threshold
 
-    if threshold is not None and not 0.0 <= threshold <= 1.0:
-        fail(f"--threshold must be in [0, 1] (the heatmap is a probability), got {threshold}")
     try:
-        validate_device(device)
+        if threshold is not None:
+            check_threshold(threshold, "--threshold")
+    except ValueError as err:
+        fail(str(err))
+    try:
+        check_device(device)
     except ValueError as err:
         fail(f"--device: {err}")

@@ -29,8 +29,8 @@ def convert(
     whole model) are read by forgeloc's restricted unpickler, which imports nothing. The weights
     are loaded into the named model (so a mismatch is caught now, not later) and written out.
     """
-    from forgeloc.checkpoint import CONFIG_FILE, MODEL_FILE, CheckpointError, save_state_dict
-    from forgeloc.models.registry import create_model
+    from forgeloc.io import CONFIG_FILE, MODEL_FILE, CheckpointError, save_state_dict
+    from forgeloc.models.factory import create_model
 
     try:
         net = create_model(model, checkpoint=source, strict=strict)

@@ -238,7 +238,7 @@ def output_stems(paths: list[Path]) -> list[str]:
 
 
 def _write_tables(out: Path, rows: list[dict[str, Any]], failures: list[dict[str, Any]], info: dict[str, Any]) -> None:
-    from forgeloc.checkpoint import atomic_write
+    from forgeloc.io import atomic_write
 
     payload = {"info": info, "results": rows, "failures": failures}
     atomic_write(out / "results.json", lambda tmp: tmp.write_text(json.dumps(payload, indent=2), encoding="utf-8"))
@@ -301,9 +301,9 @@ def predict(
     """
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-    from forgeloc.checkpoint import CheckpointError
     from forgeloc.data.io import DEFAULT_MAX_PIXELS
     from forgeloc.inference.predictor import MODES, Prediction, PredictionFailure, load
+    from forgeloc.io import CheckpointError
 
     if mode not in MODES:
         fail(f"--mode must be one of {', '.join(MODES)}, not {mode!r}")

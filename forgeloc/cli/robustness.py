@@ -53,10 +53,10 @@ def robustness(
 
     Example: forgeloc robustness -k runs/quickstart -d held_out=data/test/dataset.json -o robustness/
     """
-    from forgeloc.checkpoint import CheckpointError
     from forgeloc.data.datasets import DatasetError
     from forgeloc.data.perturb import parse_levels, parse_perturbation_names
     from forgeloc.engine.robustness import checkpoint_names, run_robustness
+    from forgeloc.io import CheckpointError
 
     if definition not in ("forgeloc", "imdlbenco"):
         fail(f"--definition must be forgeloc or imdlbenco, not {definition!r}")

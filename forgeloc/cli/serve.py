@@ -33,10 +33,10 @@ def serve(
     Uploads are analysed in memory and never stored.
     Examples: forgeloc serve  |  forgeloc serve runs/quickstart --port 8000
     """
-    from forgeloc.checkpoint import CheckpointError
     from forgeloc.cli.predict import _parse_cues
     from forgeloc.inference.predictor import load
     from forgeloc.inference.server import serve as run_server
+    from forgeloc.io import CheckpointError
 
     if threads is not None:
         import torch

@@ -29,10 +29,10 @@ def test(
 
     Example: forgeloc test -k runs/quickstart -d coverage=/data/coverage.json -d CASIAv1=/data/CASIA1
     """
-    from forgeloc.checkpoint import CheckpointError
     from forgeloc.cli.predict import check_output_folder
     from forgeloc.data.datasets import DatasetError
     from forgeloc.engine.testing import run_test
+    from forgeloc.io import CheckpointError
 
     if definition not in ("forgeloc", "imdlbenco"):
         fail(f"--definition must be forgeloc or imdlbenco, not {definition!r}")

@@ -26,11 +26,11 @@ def train(
       torchrun --nproc_per_node=4 -m forgeloc train -c configs/sparsevit_cat.yaml
       forgeloc train --resume runs/sparsevit_cat
     """
-    from forgeloc.checkpoint import CheckpointError
     from forgeloc.data.datasets import DatasetError
     from forgeloc.engine.checkpointing import CHECKPOINT_DIR
     from forgeloc.engine.config import load_config, validate_device
     from forgeloc.engine.trainer import train as run_training
+    from forgeloc.io import CheckpointError
 
     if config is None and resume is None and not overrides:
         fail("give --config FILE, dotted overrides (model.name=... data.train=...), or --resume RUN_FOLDER")

@@ -228,7 +228,7 @@ def convert_to_json(source: str | os.PathLike, out_json: str | os.PathLike, *, r
     Raises :class:`~forgeloc.data.datasets.DatasetError` listing every problem of the source, and
     refuses plain image folders (their ground truth is unknown; the format cannot say so).
     """
-    from forgeloc.checkpoint import atomic_write
+    from forgeloc.io import atomic_write
 
     out = Path(out_json)
     if out.suffix.lower() != ".json":

@@ -906,7 +906,7 @@ def _process(c: _Candidate, stem: str, options: PrepareOptions) -> _Done:
 
 
 def _write_if_changed(path: Path, data: bytes) -> bool:
-    from forgeloc.checkpoint import atomic_write
+    from forgeloc.io import atomic_write
 
     if path.is_file() and path.stat().st_size == len(data) and path.read_bytes() == data:
         return False

@@ -730,7 +730,7 @@ def synthesize(
     def _dump(obj: Any) -> Any:
         return lambda tmp: tmp.write_text(json.dumps(obj, indent=1) + "\n")
 
-    from forgeloc.checkpoint import atomic_write
+    from forgeloc.io import atomic_write
 
     dataset = [[r["image"], r["mask"]] for r in records]
     counts = {k: sum(r["type"] == k for r in records) for k in (*types, AUTHENTIC)}

@@ -162,7 +162,7 @@ def measure(
 ) -> dict[str, Any]:
     """Measure one model in this process (see :func:`run_benchmarks` for the subprocess driver)."""
     from forgeloc.engine.runtime import autocast_context
-    from forgeloc.models.registry import create_model
+    from forgeloc.models.factory import create_model
 
     if threads:
         torch.set_num_threads(threads)

@@ -1,6 +1,7 @@
 """Training checkpoints: complete-or-absent folders, resumable exactly.
 
-Layout of a run's output folder::
+Layout of a run's output folder (its names are owned by :mod:`forgeloc.models.factory`, which
+finds the checkpoint to load in it)::
 
     runs/NAME/
       config.yaml                 the validated run config
@@ -42,21 +43,40 @@ import numpy as np
 import torch
 from torch import nn
 
-from forgeloc.checkpoint import (
-    CONFIG_FILE,
-    MODEL_FILE,
-    CheckpointError,
-    atomic_write,
-    load_state_dict_file,
-    save_state_dict,
+from forgeloc.io.checkpoint_config import CheckpointConfig
+from forgeloc.io.errors import CheckpointError
+from forgeloc.io.files import CONFIG_FILE, MODEL_FILE, atomic_write, save_state_dict
+from forgeloc.io.state_dict import load_state_dict_file
+from forgeloc.models.factory import (
+    BEST_DIR,
+    CHECKPOINT_DIR,
+    LATEST_FILE,
+    STATE_FILE,
+    complete_checkpoints,
+    find_latest_checkpoint,
+    is_complete,
 )
 
-log = logging.getLogger(__name__)
+__all__ = [
+    "BEST_DIR",
+    "CHECKPOINT_DIR",
+    "LATEST_FILE",
+    "STATE_FILE",
+    "complete_checkpoints",
+    "copy_as_best",
+    "find_latest_checkpoint",
+    "is_complete",
+    "load_resume_checkpoint",
+    "load_train_state",
+    "remove_stale_temporaries",
+    "rng_state",
+    "save_checkpoint",
+    "set_rng_state",
+    "unwrap",
+    "write_model_folder",
+]
 
-STATE_FILE = "train_state.pt"
-LATEST_FILE = "latest"
-CHECKPOINT_DIR = "checkpoints"
-BEST_DIR = "best"
+log = logging.getLogger(__name__)
 # Temporary names: ``.epoch_0003.tmp<pid>`` (checkpoints/), ``.best.tmp<pid>`` / ``.best.old<pid>`` (run folder).
 _TMP_PATTERN = re.compile(r"^\.(?:epoch_\d+|best)\.(tmp|old)(\d+)$")
 # What reading a damaged train_state.pt / model.safetensors raises (a truncated zip, an empty file...).
@@ -96,9 +116,11 @@ def _fsync_file(path: Path) -> None:
 
 def write_model_folder(folder: Path, model_state: dict[str, torch.Tensor], config: dict[str, Any]) -> None:
     """Write ``model.safetensors`` + ``config.json`` into ``folder`` (which must be private to us)."""
+    text = json.dumps(config, indent=2, default=str)
+    CheckpointConfig.from_json(json.loads(text))  # what forgeloc.load reads back must pass its checks
     folder.mkdir(parents=True, exist_ok=True)
     save_state_dict(model_state, folder / MODEL_FILE, {"format": "forgeloc", "model": str(config.get("model"))})
-    atomic_write(folder / CONFIG_FILE, lambda tmp: tmp.write_text(json.dumps(config, indent=2, default=str)))
+    atomic_write(folder / CONFIG_FILE, lambda tmp: tmp.write_text(text))
 
 
 def save_checkpoint(
@@ -190,41 +212,6 @@ def remove_stale_temporaries(output_dir: Path) -> list[Path]:
     return removed
 
 
-def is_complete(folder: Path) -> bool:
-    return all((folder / f).is_file() for f in (MODEL_FILE, CONFIG_FILE, STATE_FILE))
-
-
-def _checkpoint_root(path: Path) -> Path:
-    return path / CHECKPOINT_DIR if (path / CHECKPOINT_DIR).is_dir() else path
-
-
-def complete_checkpoints(path: Path) -> list[Path]:
-    """Complete checkpoints of a run folder, newest first: the one ``latest`` names, then the
-    others by epoch. ``path`` may also be a checkpoint folder (then only it). Temporary folders
-    (``.epoch_*.tmp*``) never count."""
-    path = Path(path)
-    if is_complete(path):
-        return [path]
-    root = _checkpoint_root(path)
-    found = sorted((p for p in root.glob("epoch_*") if is_complete(p)), reverse=True)
-    latest = root / LATEST_FILE
-    if latest.is_file():
-        try:
-            named = root / latest.read_text().strip()
-        except (OSError, UnicodeDecodeError):
-            named = None
-        if named is not None and named in found:
-            found.remove(named)
-            found.insert(0, named)
-    return found
-
-
-def find_latest_checkpoint(path: Path) -> Path | None:
-    """Newest complete checkpoint under a run folder (or ``path`` itself if it is one)."""
-    found = complete_checkpoints(path)
-    return found[0] if found else None
-
-
 def load_train_state(folder: Path) -> dict[str, Any]:
     return torch.load(folder / STATE_FILE, map_location="cpu", weights_only=True)
 
@@ -235,7 +222,7 @@ def load_resume_checkpoint(path: Path) -> tuple[Path, dict[str, Any], dict[str, 
     A checkpoint whose ``train_state.pt`` or ``model.safetensors`` cannot be read (truncated,
     damaged) is skipped with a warning that names the file, and the previous complete one is
     tried, as a checkpoint with a missing file is. Raises ``FileNotFoundError`` when there is no
-    complete checkpoint and :class:`~forgeloc.checkpoint.CheckpointError` when none is readable.
+    complete checkpoint and :class:`~forgeloc.io.CheckpointError` when none is readable.
     """
     candidates = complete_checkpoints(path)
     if not candidates:

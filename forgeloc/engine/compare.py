@@ -622,7 +622,7 @@ def write_comparison(
     stem: str = "compare",
 ) -> dict[str, Path]:
     """Write ``compare.md``, ``compare.csv`` and ``compare.json`` to ``out_dir``."""
-    from forgeloc.checkpoint import atomic_write
+    from forgeloc.io import atomic_write
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)

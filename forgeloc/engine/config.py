@@ -28,6 +28,10 @@ class ModelConfig(_Strict):
 
     name: str = Field(description="registered model name (forgeloc.list_models())")
     kwargs: dict[str, Any] = Field(default_factory=dict, description="constructor options of the model")
+    pretrained: dict[str, Any] = Field(
+        default_factory=dict,
+        description="ImageNet backbone weights for training (the options of the family's load_pretrained)",
+    )
     aux_loss: dict[str, Any] | None = Field(
         default=None, description="auxiliary loss wrapped around the model, e.g. {name: ncl, weight: 1.0}"
     )
@@ -141,9 +145,9 @@ class EvalConfig(_Strict):
     @field_validator("threshold")
     @classmethod
     def _probability(cls, v: float) -> float:
-        if not 0.0 <= v <= 1.0:  # also refuses NaN
-            raise ValueError(f"must be in [0, 1] (the heatmap is a probability), got {v}")
-        return v
+        from forgeloc.io.checkpoint_config import check_threshold  # torch only when a config is checked
+
+        return check_threshold(v)  # also refuses NaN
 
 
 class Config(_Strict):
@@ -230,10 +234,10 @@ def _resolve_paths(raw: dict[str, Any], base: Path, fallback: Path | None = None
     model = raw.get("model") or {}
     if isinstance(model.get("init_checkpoint"), str):
         model["init_checkpoint"] = fix(model["init_checkpoint"])
-    kwargs = model.get("kwargs") or {}
-    for key, value in list(kwargs.items()):
-        if key.endswith("_path") and isinstance(value, str):
-            kwargs[key] = fix(value)
+    for options in (model.get("kwargs") or {}, model.get("pretrained") or {}):
+        for key, value in list(options.items()):
+            if key.endswith("_path") and isinstance(value, str):
+                options[key] = fix(value)
 
 
 def load_config(
@@ -275,27 +279,8 @@ def load_config(
 
 
 def validate_device(device: str | None) -> None:
-    """Raise ``ValueError`` with a one-line reason when ``device`` cannot be used on this machine.
+    """Raise ``ValueError`` with a one-line reason when ``device`` cannot be used on this machine
+    (:func:`forgeloc.io.check_device`; ``None`` / ``"auto"`` always pass)."""
+    from forgeloc.io.checkpoint_config import check_device
 
-    ``None`` / ``"auto"`` always pass (CUDA when available, else the CPU).
-    """
-    if device in (None, "auto"):
-        return
-    import torch
-
-    try:
-        dev = torch.device(device)
-    except (RuntimeError, ValueError, TypeError):
-        raise ValueError(f"unknown device {device!r}: use cpu, cuda or cuda:N") from None
-    if dev.type == "cpu":
-        return
-    if dev.type == "cuda":
-        if not torch.cuda.is_available():
-            raise ValueError(f"device {device!r} requested but CUDA is not available here; use --device cpu")
-        count = torch.cuda.device_count()
-        if dev.index is not None and dev.index >= count:
-            raise ValueError(f"device {device!r}: this machine has {count} CUDA device(s) (cuda:0 to cuda:{count - 1})")
-        return
-    if dev.type == "mps" and getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
-        return
-    raise ValueError(f"device {device!r} is not supported here: use cpu, cuda or cuda:N")
+    check_device(device)

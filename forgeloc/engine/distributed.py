@@ -13,6 +13,8 @@ from dataclasses import dataclass, field
 import torch
 import torch.distributed as dist
 
+from forgeloc.io import resolve_device  # the one resolver of device names; also exported from here
+
 
 @dataclass(frozen=True)
 class DistInfo:
@@ -30,13 +32,6 @@ class DistInfo:
     @property
     def distributed(self) -> bool:
         return self.world_size > 1
-
-
-def resolve_device(device: str | None = None) -> torch.device:
-    """``None``/"auto" → CUDA if available else CPU; otherwise the named device."""
-    if device in (None, "auto"):
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
 
 
 def init_distributed(device: str | None = None) -> DistInfo:

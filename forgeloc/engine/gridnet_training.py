@@ -140,8 +140,8 @@ def lr_at(step: int, cfg: GridNetTrainConfig) -> float:
 
 def _save(out: Path, model: torch.nn.Module, optim: torch.optim.Optimizer, step: int, cfg: GridNetTrainConfig,
           metrics: dict[str, Any]) -> None:
-    from forgeloc.checkpoint import atomic_write
     from forgeloc.engine.checkpointing import write_model_folder
+    from forgeloc.io import atomic_write
 
     config = {
         "format": "forgeloc-checkpoint", "format_version": 1, "model": cfg.model,
@@ -188,11 +188,11 @@ def _batches(data: RealSynthDataset, cfg: GridNetTrainConfig, step: int):
 
 
 def _restore(model: torch.nn.Module, optim: torch.optim.Optimizer, out: Path) -> int:
-    from forgeloc.checkpoint import load_model_weights
+    from forgeloc.models.factory import load_weights
 
     if not (out / "train_state.pt").exists():
         return 0
-    load_model_weights(model, out / "last")
+    load_weights(model, out / "last")
     state = torch.load(out / "train_state.pt", weights_only=True)
     optim.load_state_dict(state["optim"])
     return int(state["step"])
@@ -261,7 +261,7 @@ def package(checkpoint: str | Path, dest: str | Path, extra: dict[str, Any]) -> 
     calibration, the model card's headline numbers)."""
     import shutil
 
-    from forgeloc.checkpoint import atomic_write
+    from forgeloc.io import atomic_write
 
     src, dest = Path(checkpoint), Path(dest)
     config = json.loads((src / "config.json").read_text())

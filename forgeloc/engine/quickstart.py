@@ -77,9 +77,9 @@ def _sample_figure(checkpoint: Path, test_json: Path, size: int, path: Path, n: 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from forgeloc.checkpoint import load_model
     from forgeloc.data.datasets import ForgeryDataset, load_records
     from forgeloc.data.transforms import SampleTransform, denormalize
+    from forgeloc.models.factory import load_model
 
     model, _ = load_model(checkpoint)
     records = [r for r in load_records(test_json) if r.mask is not None][:n]

@@ -8,8 +8,8 @@ import json
 from pathlib import Path
 from typing import Any
 
-from forgeloc.checkpoint import atomic_write
 from forgeloc.engine.logger import METRIC_ORDER, format_value, ordered_metric_keys
+from forgeloc.io import atomic_write
 
 
 def markdown_table(

@@ -8,13 +8,14 @@ from pathlib import Path
 from typing import Any
 
 from forgeloc import __version__
-from forgeloc.checkpoint import MODEL_FILE, load_model
 from forgeloc.engine.config import Config, DataConfig, EvalConfig, ModelConfig, TrainConfig
 from forgeloc.engine.data import build_eval_loader
 from forgeloc.engine.distributed import DistInfo, cleanup_distributed, init_distributed
 from forgeloc.engine.evaluate import evaluate
 from forgeloc.engine.logger import console, metrics_table, setup_logging
 from forgeloc.engine.tables import write_tables
+from forgeloc.io import MODEL_FILE, CheckpointConfig
+from forgeloc.models.factory import load_checkpoint
 
 log = logging.getLogger(__name__)
 
@@ -41,27 +42,31 @@ def eval_setup(
     device: str | None = None,
     info: DistInfo | None = None,
 ) -> tuple[Any, Config, DistInfo, dict[str, Any]]:
-    """Load a model for evaluation and the config that describes how to feed it."""
+    """Load a model for evaluation and the config that describes how to feed it.
+
+    Input size, mode, threshold and device follow :meth:`~forgeloc.io.CheckpointConfig.resolve`
+    (the same precedence as :class:`~forgeloc.inference.predictor.Predictor`)."""
     info = info or init_distributed(device)
-    model, meta = load_model(checkpoint, model=model_name)
+    model, recorded = load_checkpoint(checkpoint, model=model_name)
     model.to(info.device)
-    recorded_input = meta.get("input") or {}
-    size = input_size or recorded_input.get("size") or getattr(model, "input_size", None) or 512
+    settings = recorded.resolve(
+        model_input_size=getattr(model, "input_size", None), input_size=input_size, input_mode=input_mode,
+        threshold=threshold, image_score=image_score, device=info.device,
+    )
     cfg = Config(
-        model=ModelConfig(name=meta["model"], kwargs=meta.get("model_kwargs", {})),
-        data=DataConfig(input_mode=input_mode or recorded_input.get("mode", "resize"), input_size=size,
-                        num_workers=num_workers, augment="none"),
+        model=ModelConfig(name=recorded.model, kwargs=recorded.model_kwargs),
+        data=DataConfig(input_mode=settings.input_mode, input_size=settings.input_size, num_workers=num_workers,
+                        augment="none"),
         train=TrainConfig(batch_size=batch_size),
         eval=EvalConfig(
-            definition=definition,
-            threshold=threshold if threshold is not None else meta.get("threshold", 0.5),
-            image_score=image_score or meta.get("image_score", "max"),
+            definition=definition, threshold=settings.threshold, image_score=settings.image_score,
             batch_size=batch_size,
         ),
     )
-    weights = Path(meta["checkpoint"])
+    weights = Path(recorded.checkpoint)
     weights = weights / MODEL_FILE if weights.is_dir() else weights
-    meta = {**meta, "weights_sha256": file_sha256(weights), "input_size": size, "input_mode": cfg.data.input_mode}
+    meta = {**recorded.to_json(), "weights_sha256": file_sha256(weights), "input_size": settings.input_size,
+            "input_mode": settings.input_mode}
     return model, cfg, info, meta
 
 
@@ -111,7 +116,6 @@ def reads_whole_photos(checkpoint: str | Path) -> bool:
     """Whether a detector must be evaluated photo by photo at native resolution: the packaged
     default detector, a training-free cue, or a checkpoint whose model reads block-grid traces
     (recorded input mode ``native``) or fuses cues."""
-    from forgeloc.checkpoint import read_checkpoint_config
     from forgeloc.detectors import CUES
     from forgeloc.inference.predictor import DEFAULT_DETECTOR
 
@@ -119,10 +123,10 @@ def reads_whole_photos(checkpoint: str | Path) -> bool:
         return True
     path = Path(checkpoint)
     try:
-        meta = read_checkpoint_config(path) or {}
+        recorded = CheckpointConfig.from_json(path)
     except Exception:  # unreadable here: the usual path reports it properly
         return False
-    return (meta.get("input") or {}).get("mode") == "native" or bool(meta.get("fuse"))
+    return recorded.input_mode == "native" or bool(recorded.fuse)
 
 
 def run_photo_test(

@@ -31,7 +31,6 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
 from forgeloc import __version__
-from forgeloc.checkpoint import atomic_write, load_model_weights
 from forgeloc.data.transforms import IMAGENET_MEAN, IMAGENET_STD
 from forgeloc.engine.checkpointing import (
     BEST_DIR,
@@ -53,7 +52,8 @@ from forgeloc.engine.evaluate import evaluate
 from forgeloc.engine.logger import RunLogger, console, metrics_table, setup_logging, train_progress
 from forgeloc.engine.optim import build_optimizer, learning_rate, set_learning_rate
 from forgeloc.engine.runtime import autocast_context, move_batch
-from forgeloc.models.registry import create_model
+from forgeloc.io import atomic_write
+from forgeloc.models.factory import create_model, load_weights
 
 log = logging.getLogger(__name__)
 
@@ -83,9 +83,9 @@ def epoch_seed(seed: int, epoch: int, rank: int) -> int:
 
 def build_model(cfg: Config) -> nn.Module:
     """The configured model, with its auxiliary loss and initial weights when asked for."""
-    model = create_model(cfg.model.name, **cfg.model.kwargs)
+    model = create_model(cfg.model.name, pretrained=cfg.model.pretrained, **cfg.model.kwargs)
     if cfg.model.init_checkpoint:
-        load_model_weights(model, cfg.model.init_checkpoint, strict=True)
+        load_weights(model, cfg.model.init_checkpoint, strict=True)
         log.info("initialised %s from %s", cfg.model.name, cfg.model.init_checkpoint)
     if cfg.model.aux_loss:
         from forgeloc.losses import wrap_with_aux_loss

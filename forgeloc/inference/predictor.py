@@ -46,13 +46,14 @@ import numpy as np
 import torch
 from torch import nn
 
+import forgeloc.inference.tiling as tiling
+import forgeloc.inference.visualize as viz
 from forgeloc.data.io import DEFAULT_MAX_PIXELS, DecompressionBombError, ImageReadError, read_image
 from forgeloc.data.transforms import normalize
 from forgeloc.detectors import run_cue
 from forgeloc.detectors.base import CueResult, ImageInput
 from forgeloc.engine.runtime import autocast_context
-from forgeloc.inference import tiling
-from forgeloc.inference import visualize as viz
+from forgeloc.io import check_input_mode, check_threshold, resolve_device
 
 __all__ = ["MODES", "Prediction", "PredictionFailure", "Predictor", "load"]
 
@@ -374,15 +375,6 @@ def fuse_maps(
 # --------------------------------------------------------------------------------------------------
 # The predictor
 # --------------------------------------------------------------------------------------------------
-def _resolve_device(device: str | torch.device | None) -> torch.device:
-    if device is None:
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    dev = torch.device(device)
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"device {device!r} requested but CUDA is not available; use device='cpu'")
-    return dev
-
-
 class Predictor:
     """A model ready to predict on photos of any size (see the module docstring).
 
@@ -431,11 +423,9 @@ class Predictor:
             raise ValueError(f"amp must be None, 'bf16' or 'fp16', got {amp!r}")
         if image_score not in IMAGE_SCORES:
             raise ValueError(f"image_score must be one of {IMAGE_SCORES}, got {image_score!r}")
-        if input_mode not in ("resize", "pad"):
-            raise ValueError(f"input_mode must be 'resize' or 'pad', got {input_mode!r}")
-        if not 0.0 <= float(threshold) <= 1.0:
-            raise ValueError(f"threshold must be in [0, 1], got {threshold}")
-        self.device = _resolve_device(device)
+        check_input_mode(input_mode)
+        check_threshold(threshold)
+        self.device = resolve_device(device)
         self.amp = _AMP[amp]
         autocast_context(self.device, self.amp)  # fails now, not at the first image, for fp16 on CPU
         fixed = getattr(model, "input_size", None)
@@ -489,28 +479,29 @@ class Predictor:
         **model_kwargs: Any,
     ) -> Predictor:
         """Load a run folder, checkpoint folder or weights file (``model`` names the architecture
-        when no ``config.json`` does); the recorded input size/mode, threshold and image score are used."""
-        from forgeloc.checkpoint import load_model
+        when no ``config.json`` does); the recorded input size/mode, threshold and image score are
+        used unless overridden (precedence: :meth:`~forgeloc.io.CheckpointConfig.resolve`)."""
+        from forgeloc.models.factory import load_checkpoint
 
-        net, meta = load_model(checkpoint, model=model, **model_kwargs)
-        recorded = meta.get("input") or {}
-        mode = recorded.get("mode", "resize")
+        net, recorded = load_checkpoint(checkpoint, model=model, **model_kwargs)
+        settings = recorded.resolve(model_input_size=getattr(net, "input_size", None), input_size=input_size,
+                                    threshold=threshold, image_score=image_score, device=device)
         return cls(
             net,
-            input_size=input_size or recorded.get("size"),
-            input_mode=mode if mode in ("resize", "pad") else "resize",
-            threshold=meta.get("threshold", 0.5) if threshold is None else threshold,
-            image_score=image_score or meta.get("image_score") or "max",
-            device=device,
+            input_size=settings.input_size,
+            input_mode=settings.input_mode,
+            threshold=settings.threshold,
+            image_score=settings.image_score,
+            device=settings.device,
             amp=amp,
             tile_overlap=tile_overlap,
             max_pixels=max_pixels,
-            info={"checkpoint": meta.get("checkpoint"), "epoch": meta.get("epoch"),
-                  "train_kind": (meta.get("train_config") or {}).get("kind"),
-                  **({"card": meta["card"]} if isinstance(meta.get("card"), dict) else {})},
-            calibration=meta.get("calibration") if isinstance(meta.get("calibration"), dict) else None,
-            cues=meta.get("cues", ()) if cues is None else cues,
-            fuse=meta.get("fuse", ()) if fuse is None else fuse,
+            info={"checkpoint": recorded.checkpoint, "epoch": recorded.extra.get("epoch"),
+                  "train_kind": (recorded.extra.get("train_config") or {}).get("kind"),
+                  **({"card": recorded.card} if recorded.card is not None else {})},
+            calibration=recorded.calibration,
+            cues=(recorded.cues or ()) if cues is None else cues,
+            fuse=(recorded.fuse or ()) if fuse is None else fuse,
         )
 
     def describe(self) -> dict[str, Any]:
@@ -648,9 +639,7 @@ class Predictor:
             raise ValueError(f"batch_size must be at least 1, got {batch_size}")
         if mode not in MODES:
             raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
-        thr = self.threshold if threshold is None else float(threshold)
-        if not 0.0 <= thr <= 1.0:
-            raise ValueError(f"threshold must be in [0, 1], got {thr}")
+        thr = check_threshold(self.threshold if threshold is None else threshold)
         name_iter = iter(names) if names is not None else None
         chunk: list[tuple[Any, str]] = []
         for item in items:

@@ -61,6 +61,7 @@ from forgeloc.data.io import DecompressionBombError, ImageReadError
 from forgeloc.inference import report
 from forgeloc.inference import visualize as viz
 from forgeloc.inference.predictor import MODES, Predictor
+from forgeloc.io import check_threshold
 
 __all__ = ["CUE_DISPLAY_SIDE", "DEFAULT_BODY_TIMEOUT_S", "DEFAULT_MAX_PIXELS", "DEFAULT_MAX_UPLOAD_MB",
            "DEFAULT_MIN_BODY_RATE", "LOCAL_HOSTS", "MAX_IN_FLIGHT", "SHUTDOWN_TIMEOUT_S", "create_app", "make_server",
@@ -395,8 +396,11 @@ def create_app(
     async def predict(request: Request, mode: str = "auto", threshold: float | None = None) -> Any:
         if mode not in MODES:
             return error(422, f"mode must be one of {', '.join(MODES)}, not {mode!r}")
-        if threshold is not None and not 0.0 <= threshold <= 1.0:
-            return error(422, f"threshold must be in [0, 1], got {threshold}")
+        try:
+            if threshold is not None:
+                check_threshold(threshold)
+        except ValueError as err:
+            return error(422, str(err))
         ctype = request.headers.get("content-type", "")
         if ctype.startswith("multipart/"):
             return error(415, "send the image file's raw bytes as the request body (e.g. curl --data-binary "

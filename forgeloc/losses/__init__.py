@@ -33,6 +33,7 @@ from forgeloc.losses.contrastive import (
     switch_contour,
 )
 from forgeloc.models.base import ForgeryModel
+from forgeloc.models.factory import filter_state_dict
 
 __all__ = [
     "AuxLossWrapper",
@@ -131,19 +132,19 @@ class AuxLossWrapper(ForgeryModel):
         inner = getattr(self.model, "no_weight_decay", None)
         return {f"model.{n}" for n in inner()} if callable(inner) else set()
 
-    def remap_state_dict(self, state_dict: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        """Accept the inner model's own checkpoint too: un-prefixed keys go under ``model.`` (through
-        the inner model's ``remap_state_dict``) and the auxiliary heads keep their current values."""
-        sd = dict(state_dict)
-        if any(k.startswith("model.") for k in sd):
-            return sd
-        remap = getattr(self.model, "remap_state_dict", None)
-        if callable(remap):
-            sd = remap(sd)
-        log.info("loading inner-model weights into %s; auxiliary heads keep their initial values", self.aux_name)
-        out = {f"model.{k}": v for k, v in sd.items()}
-        out.update({f"aux.{k}": v for k, v in self.aux.state_dict().items()})
-        return out
+
+def checkpoint_filter_fn(state_dict: Mapping[str, torch.Tensor], model: AuxLossWrapper) -> dict[str, torch.Tensor]:
+    """Accept the inner model's own checkpoint too: un-prefixed keys go under ``model.`` (through
+    the inner model's family ``checkpoint_filter_fn``) and the auxiliary heads keep their current
+    values. A wrapped model's own checkpoint (``model.*`` keys) is taken as is."""
+    sd = dict(state_dict)
+    if any(k.startswith("model.") for k in sd):
+        return sd
+    sd = filter_state_dict(sd, model.model)
+    log.info("loading inner-model weights into %s; auxiliary heads keep their initial values", model.aux_name)
+    out = {f"model.{k}": v for k, v in sd.items()}
+    out.update({f"aux.{k}": v for k, v in model.aux.state_dict().items()})
+    return out
 
 
 def _infer_feature_channels(model: ForgeryModel) -> int:

@@ -32,7 +32,7 @@ from torch import Tensor
 from torchmetrics import Metric
 from torchmetrics.utilities import dim_zero_cat
 
-from forgeloc.metrics import functional as FM
+import forgeloc.metrics.functional as FM
 from forgeloc.metrics.image import IMAGE_SCORES, aggregate_image
 from forgeloc.metrics.pixel import DEFINITIONS, PIXEL_COLUMNS, aggregate_pixel, pixel_stats
 

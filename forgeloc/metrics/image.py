@@ -13,7 +13,7 @@ import math
 import numpy as np
 import torch
 
-from forgeloc.metrics import functional as FM
+import forgeloc.metrics.functional as FM
 
 IMAGE_SCORES = ("max", "mean", "topk_mean")
 

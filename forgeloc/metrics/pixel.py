@@ -22,7 +22,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from forgeloc.metrics import functional as FM
+import forgeloc.metrics.functional as FM
 
 Definition = Literal["forgeloc", "imdlbenco"]
 Orientation = Literal["origin", "reverse", "double"]

@@ -44,6 +44,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from forgeloc.io.state_dict import KeyReport, load_state_dict_file
 from forgeloc.models.base import ForgeryModel
 from forgeloc.models.layers import (
     DropPath,
@@ -66,9 +67,11 @@ __all__ = [
     "Mesorch",
     "MixVisionTransformer",
     "ScoreNetwork",
+    "checkpoint_filter_fn",
     "dct_matrix",
     "load_convnext_pretrained",
     "load_mit_pretrained",
+    "load_pretrained",
     "mesorch",
     "mesorch_p",
     "mesorch_p_tiny",
@@ -543,13 +546,13 @@ class Mesorch(ForgeryModel):
         high_alpha, low_alpha: DCT filter cut-offs (0.05 and 0.95).
         input_size: the square side the model insists on (512, the training size; None = any
             multiple of 32).
-        conv_pretrained_path: local ImageNet ConvNeXt weights (timm or Facebook layout); None =
-            random init.
-        seg_pretrained_path: local NVlabs ``mit_b3.pth``; None = random init.
         channels_last: keep conv weights and branch inputs in NHWC memory layout (same values; about
             25 % faster on CPU and 1.8× faster bf16 training on an H100). Its state-dict tensors
-            are then not contiguous: save them with ``forgeloc.checkpoint.save_state_dict`` (or
+            are then not contiguous: save them with ``forgeloc.io.save_state_dict`` (or
             ``.contiguous()`` them) rather than a bare ``safetensors.torch.save_file``.
+
+    The ImageNet backbones are loaded by :func:`load_pretrained` (``create_model("mesorch",
+    pretrained={"conv_pretrained_path": ..., "seg_pretrained_path": ...})``), not by the constructor.
 
     Output: ``pred_mask`` and ``logits`` (B,1,H,W) at the input resolution (the reference always
     resizes to 512; identical at 512), ``features`` = the MiT stage-3 map (B, mit_dims[2], H/16,
@@ -577,8 +580,6 @@ class Mesorch(ForgeryModel):
         high_alpha: float = 0.05,
         low_alpha: float = 0.95,
         input_size: int | None = 512,
-        conv_pretrained_path: str | Path | None = None,
-        seg_pretrained_path: str | Path | None = None,
         channels_last: bool = True,
     ) -> None:
         super().__init__()
@@ -618,15 +619,6 @@ class Mesorch(ForgeryModel):
         self.channels_last = bool(channels_last)
         if self.channels_last:  # conv weights in NHWC like the activations (see _channels_last)
             self.to(memory_format=torch.channels_last)
-
-        if conv_pretrained_path is not None:
-            load_convnext_pretrained(self.convnext, conv_pretrained_path)
-        else:
-            logger.info("Mesorch: no conv_pretrained_path given; ConvNeXt starts from random weights")
-        if seg_pretrained_path is not None:
-            load_mit_pretrained(self.segformer, seg_pretrained_path)
-        else:
-            logger.info("Mesorch: no seg_pretrained_path given; MiT starts from random weights")
 
     # ----------------------------------------------------------------------------------------------
     def _layout(self, x: torch.Tensor) -> torch.Tensor:
@@ -753,25 +745,16 @@ def convnext_timm_layout(sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]
 
 def _load_backbone(module: nn.Module, sd: dict[str, torch.Tensor], first: str, source: Path) -> None:
     """Strict load of everything but the first conv, whose RGB filters go to input channels 0–2."""
-    from forgeloc.checkpoint import CheckpointError
-
     rgb = sd.pop(f"{first}.weight", None)
     sd.pop(f"{first}.bias", None)  # the widened first conv has no bias (reference)
     own = module.state_dict()
-    missing = [k for k in own if k not in sd and k != f"{first}.weight"]
-    unexpected = [k for k in sd if k not in own]
-    shapes = [
-        f"{k}: {tuple(sd[k].shape)} vs {tuple(v.shape)}" for k, v in own.items() if k in sd and sd[k].shape != v.shape
-    ]
+    report = KeyReport.compare(sd, own)
+    report.missing.remove(f"{first}.weight")  # compared below: only its RGB part comes from the file
     target = own[f"{first}.weight"]
     if rgb is None or rgb.shape[0] != target.shape[0] or rgb.shape[1] != 3 or rgb.shape[2:] != target.shape[2:]:
         found = None if rgb is None else tuple(rgb.shape)
-        shapes.append(f"{first}.weight: {found} vs the RGB part of {tuple(target.shape)}")
-    if missing or unexpected or shapes:
-        raise CheckpointError(
-            f"{source}: does not fit the {type(module).__name__} backbone: missing {missing[:5]}, "
-            f"unexpected {unexpected[:5]}, other shape {shapes[:3]}"
-        )
+        report.wrong_shape.append(f"{first}.weight: file {found} vs the RGB part of {tuple(target.shape)}")
+    report.check(source, f"the {type(module).__name__} backbone", strict=True)
     module.load_state_dict(sd, strict=False)
     with torch.no_grad():
         weight = module.get_parameter(f"{first}.weight")
@@ -786,8 +769,6 @@ def load_convnext_pretrained(convnext: ConvNeXt, path: str | Path) -> None:
     3–5 are Kaiming-normal, the stem bias is dropped. Stages and head absent from ``convnext``
     (Mesorch-P keeps three stages and no head) are skipped; every other tensor must match.
     """
-    from forgeloc.checkpoint import load_state_dict_file
-
     path = _require_file(path, "conv_pretrained_path", "ImageNet ConvNeXt-Tiny weights", CONVNEXT_TINY_SOURCES)
     sd = convnext_timm_layout(load_state_dict_file(path))
     n_stages = len(convnext.stages)
@@ -808,12 +789,38 @@ def load_mit_pretrained(mit: MixVisionTransformer, path: str | Path) -> None:
     the RGB filters of ``patch_embed1.proj`` go to channels 0–2, channels 3–5 are Kaiming-normal,
     its bias is dropped. Unlike the reference, any other missing or unexpected key is an error.
     """
-    from forgeloc.checkpoint import load_state_dict_file
-
     path = _require_file(path, "seg_pretrained_path", "NVlabs' ImageNet 'mit_b3.pth'", MIT_B3_SOURCE)
     sd = {k: v for k, v in load_state_dict_file(path).items() if not k.startswith("head.")}
     _load_backbone(mit, sd, "patch_embed1.proj", path)
     logger.info("Mesorch: MiT initialised from %s", path)
+
+
+def load_pretrained(
+    model: Mesorch, conv_pretrained_path: str | Path | None = None, seg_pretrained_path: str | Path | None = None
+) -> None:
+    """Initialise the two encoders from local ImageNet weights (training only); ``None`` leaves one
+    at its random init and says so.
+
+    ``conv_pretrained_path``: ConvNeXt weights, timm or Facebook layout (:func:`load_convnext_pretrained`);
+    ``seg_pretrained_path``: NVlabs' ``mit_b3.pth`` (:func:`load_mit_pretrained`).
+    """
+    if conv_pretrained_path is not None:
+        load_convnext_pretrained(model.convnext, conv_pretrained_path)
+    else:
+        logger.info("Mesorch: no conv_pretrained_path given; ConvNeXt starts from random weights")
+    if seg_pretrained_path is not None:
+        load_mit_pretrained(model.segformer, seg_pretrained_path)
+    else:
+        logger.info("Mesorch: no seg_pretrained_path given; MiT starts from random weights")
+
+
+def checkpoint_filter_fn(state_dict: dict[str, torch.Tensor], model: Mesorch) -> dict[str, torch.Tensor]:
+    """The authors' checkpoints already use this model's keys (the module tree mirrors theirs): as is.
+
+    (ImageNet backbone files are another matter: :func:`convnext_timm_layout` maps Facebook's
+    ConvNeXt names for :func:`load_pretrained`.)
+    """
+    return dict(state_dict)
 
 
 # --------------------------------------------------------------------------------------------------

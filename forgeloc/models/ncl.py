@@ -40,11 +40,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from forgeloc.io.state_dict import KeyReport, load_state_dict_file
 from forgeloc.losses.contrastive import NCLLossConfig, ProjectionHead, compute_ncl_loss
 from forgeloc.models.base import ForgeryModel
 from forgeloc.models.registry import register_model
 
-__all__ = ["ASPP", "NCL", "Bottleneck", "Decoder", "ResNetBackbone", "ncl", "ncl_tiny"]
+__all__ = ["ASPP", "NCL", "Bottleneck", "Decoder", "ResNetBackbone", "checkpoint_filter_fn", "load_pretrained", "ncl",
+           "ncl_tiny"]
 
 log = logging.getLogger(__name__)
 
@@ -291,8 +293,6 @@ class NCL(ForgeryModel):
         eval_aux_loss: also compute the NCL terms in eval mode when a mask is given (default False:
             validation reports the segmentation loss only, and the heads stay idle).
         head_lr_scale: lr factor of ASPP, decoder and heads relative to the backbone (jfzhang95's 10×).
-        pretrained_path: optional local torchvision ResNet checkpoint for the backbone — *not* NCL
-            (the paper uses no pre-training); for ablations only.
         **ncl_options: fields of :class:`~forgeloc.losses.contrastive.NCLLossConfig` (``tau``,
             ``variant``, ``pc_loss``, ``lambda_c``, ``lambda_pc``, ``patch_grid``, ``contour_eps``,
             ``switch_mode``, ``switch_every``, ``head_hidden``, ``embed_dim``).
@@ -315,7 +315,6 @@ class NCL(ForgeryModel):
         ce_batch_average: bool = False,
         eval_aux_loss: bool = False,
         head_lr_scale: float = 10.0,
-        pretrained_path: str | Path | None = None,
         **ncl_options: Any,
     ) -> None:
         super().__init__()
@@ -342,60 +341,9 @@ class NCL(ForgeryModel):
         self.head_a = ProjectionHead(aspp_channels, hidden, dim) if self.ncl_cfg.switch_mode == "dual" else None
         self._ncl_step = 0  # training steps seen, for switch_mode="alternate" (not checkpointed)
 
-        if pretrained_path is not None:
-            self._load_pretrained_backbone(Path(pretrained_path))
-        else:
-            log.info("NCL: random initialisation (the paper trains without any pre-training)")
-
-    # ---------------------------------------------------------------------------------------------
-    def _load_pretrained_backbone(self, path: Path) -> None:
-        if not path.is_file():
-            raise FileNotFoundError(
-                f"ImageNet ResNet weights not found at {path}. NCL itself uses none; for an ablation, "
-                f"download torchvision's resnet101-5d3b4d8f.pth from {RESNET101_URL} and pass its local path"
-            )
-        from forgeloc.checkpoint import load_state_dict_file
-
-        sd = load_state_dict_file(path)
-        own = self.backbone.state_dict()
-        usable = {k: v for k, v in sd.items() if k in own and tuple(v.shape) == tuple(own[k].shape)}
-        missing = [k for k in own if k not in usable and not k.endswith("num_batches_tracked")]
-        if missing:
-            raise ValueError(f"{path}: {len(missing)} backbone tensors missing or of another shape, e.g. {missing[:5]}")
-        self.backbone.load_state_dict(usable, strict=False)
-        log.info("NCL: backbone initialised from %s (an ablation: the paper uses no pre-training)", path)
-
     @property
     def base_prefixes(self) -> tuple[str, ...]:
         return ("backbone.", "aspp.", "decoder.")
-
-    def remap_state_dict(self, state_dict: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        """Bring a checkpoint (ours or the authors') onto this model's keys.
-
-        The segmentation path (``backbone.*``, ``aspp.*``, ``decoder.*``) must be complete: it is
-        passed through untouched so that strict loading reports any gap. Our heads are taken from
-        the file when present; the authors' head names are unknown, so when the file has none the
-        heads keep their current (initial) values, and every key this model does not have
-        (e.g. the authors' own heads) is dropped with a logged list. ``num_batches_tracked``
-        counters absent from old files are filled in (they do not affect the output).
-        """
-        sd = dict(state_dict)
-        own = self.state_dict()
-        extra = sorted(k for k in sd if k not in own)
-        if extra:
-            log.warning("NCL: dropping %d key(s) this model does not have: %s", len(extra), extra[:20])
-            for k in extra:
-                del sd[k]
-        filled_heads = [k for k in own if k.startswith(("head_t.", "head_a.")) and k not in sd]
-        for k in filled_heads:
-            sd[k] = own[k]
-        if filled_heads:
-            log.info("NCL: the checkpoint has no projection heads; %d head tensors keep their initial values",
-                     len(filled_heads))
-        for k in own:
-            if k.endswith("num_batches_tracked") and k not in sd and k.startswith(self.base_prefixes):
-                sd[k] = own[k]
-        return sd
 
     def lr_scale(self, name: str) -> float:
         """Learning-rate factor per parameter: 1 for the backbone, ``head_lr_scale`` (10) for ASPP,
@@ -441,6 +389,64 @@ class NCL(ForgeryModel):
         out["loss"] = sum(terms.values())
         out["loss_terms"] = terms
         return out
+
+
+# --------------------------------------------------------------------------------------------------
+# Weights from files
+# --------------------------------------------------------------------------------------------------
+def load_pretrained(model: NCL, pretrained_path: str | Path | None = None) -> None:
+    """Initialise the backbone from a local torchvision ResNet checkpoint — *not* NCL (the paper
+    uses no pre-training); for ablations only. ``None``: the random init, said so in the log.
+
+    Every backbone tensor must be in the file with its shape (``num_batches_tracked`` counters may
+    be absent); the file's other keys (torchvision's classifier) are ignored.
+    """
+    if pretrained_path is None:
+        log.info("NCL: random initialisation (the paper trains without any pre-training)")
+        return
+    path = Path(pretrained_path)
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"ImageNet ResNet weights not found at {path}. NCL itself uses none; for an ablation, "
+            f"download torchvision's resnet101-5d3b4d8f.pth from {RESNET101_URL} and pass its local path"
+        )
+    sd = load_state_dict_file(path)
+    own = model.backbone.state_dict()
+    report = KeyReport.compare(sd, own)
+    report.missing = [k for k in report.missing if not k.endswith("num_batches_tracked")]
+    report.unexpected = []  # torchvision's classifier: not part of the backbone
+    report.check(path, "the NCL ResNet backbone", strict=True)
+    model.backbone.load_state_dict({k: v for k, v in sd.items() if k in own}, strict=False)
+    log.info("NCL: backbone initialised from %s (an ablation: the paper uses no pre-training)", path)
+
+
+def checkpoint_filter_fn(state_dict: Mapping[str, torch.Tensor], model: NCL) -> dict[str, torch.Tensor]:
+    """Bring a checkpoint (ours or the authors') onto ``model``'s keys.
+
+    The segmentation path (``backbone.*``, ``aspp.*``, ``decoder.*``) must be complete: it is
+    passed through untouched so that strict loading reports any gap. Our heads are taken from
+    the file when present; the authors' head names are unknown, so when the file has none the
+    heads keep their current (initial) values, and every key this model does not have
+    (e.g. the authors' own heads) is dropped with a logged list. ``num_batches_tracked``
+    counters absent from old files are filled in (they do not affect the output).
+    """
+    sd = dict(state_dict)
+    own = model.state_dict()
+    extra = sorted(k for k in sd if k not in own)
+    if extra:
+        log.warning("NCL: dropping %d key(s) this model does not have: %s", len(extra), extra[:20])
+        for k in extra:
+            del sd[k]
+    filled_heads = [k for k in own if k.startswith(("head_t.", "head_a.")) and k not in sd]
+    for k in filled_heads:
+        sd[k] = own[k]
+    if filled_heads:
+        log.info("NCL: the checkpoint has no projection heads; %d head tensors keep their initial values",
+                 len(filled_heads))
+    for k in own:
+        if k.endswith("num_batches_tracked") and k not in sd and k.startswith(model.base_prefixes):
+            sd[k] = own[k]
+    return sd
 
 
 # --------------------------------------------------------------------------------------------------

@@ -1,4 +1,4 @@
-"""Model registry and ``create_model``, in the manner of ``timm.create_model``.
+"""The model registry: names → constructors, in the manner of timm's ``_registry``.
 
 A model family registers constructor functions with :func:`register_model`::
 
@@ -6,19 +6,14 @@ A model family registers constructor functions with :func:`register_model`::
     def sparsevit(**kwargs) -> SparseViT:
         return SparseViT(**kwargs)
 
-``create_model(name, checkpoint=PATH, **kwargs)`` calls the constructor, records the name and
-keyword arguments on the model (so checkpoint folders can rebuild it), and loads weights strictly
-from a safetensors file, a forgeloc checkpoint folder, or an authors' ``.pth`` (never unpickling
-code, see :mod:`forgeloc.checkpoint`).
+Building a model by name and loading its weights is :func:`forgeloc.models.factory.create_model`
+(also ``forgeloc.create_model``).
 """
 
 from __future__ import annotations
 
 import importlib
-import inspect
 from collections.abc import Callable
-from pathlib import Path
-from typing import Any
 
 from torch import nn
 
@@ -71,29 +66,3 @@ def get_model_constructor(name: str) -> Callable[..., nn.Module]:
         return _MODELS[name]
     except KeyError:
         raise ValueError(f"unknown model {name!r}; registered models: {', '.join(sorted(_MODELS))}") from None
-
-
-def create_model(name: str, checkpoint: str | Path | None = None, strict: bool = True, **kwargs: Any) -> nn.Module:
-    """Build a registered model and optionally load weights.
-
-    Args:
-        name: a registered model name (see :func:`list_models`).
-        checkpoint: a ``.safetensors`` file, a forgeloc checkpoint folder (``model.safetensors``
-            inside), or an authors' ``.pth`` checkpoint (loaded without executing pickled code).
-        strict: load with ``strict=True`` (the default: the key sets must match exactly).
-        **kwargs: constructor arguments of the model (its configuration).
-    """
-    ctor = get_model_constructor(name)
-    sig = inspect.signature(ctor)
-    accepts_any = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in sig.parameters.values())
-    unknown = [k for k in kwargs if k not in sig.parameters and not accepts_any]
-    if unknown:
-        raise TypeError(f"model {name!r} has no option(s) {unknown}; options: {list(sig.parameters)}")
-    model = ctor(**kwargs)
-    model.model_name = name
-    model.model_kwargs = dict(kwargs)
-    if checkpoint is not None:
-        from forgeloc.checkpoint import load_model_weights
-
-        load_model_weights(model, checkpoint, strict=strict)
-    return model

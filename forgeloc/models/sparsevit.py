@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import logging
 import math
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -36,6 +37,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from forgeloc.io.state_dict import KeyReport, WeightsMismatchError, load_state_dict_file
 from forgeloc.models.base import ForgeryModel
 from forgeloc.models.layers import DropPath, Linear, MixFFN, chunked_inference, conv2d_gelu, inference_chunk
 from forgeloc.models.registry import register_model
@@ -465,7 +467,7 @@ class LearnableFeatureFusion(nn.Module):
 class SparseViT(ForgeryModel):
     """SparseViT (Su et al., AAAI 2025) under the forgeloc model contract.
 
-    Takes exactly ``img_size`` x ``img_size`` images (the reference's patch embedding, sparse
+    Takes exactly ``input_size`` x ``input_size`` images (the reference's patch embedding, sparse
     grouping and final upsampling all assume it); the inference engine resizes or tiles first.
 
     Output: ``pred_mask`` = sigmoid(``logits``), ``logits`` (B, 1, H, W) = the LFF logit map
@@ -476,14 +478,12 @@ class SparseViT(ForgeryModel):
         depth, embed_dim, head_dim, s_blocks3, s_blocks4, mlp_ratio, qkv_bias: backbone
             configuration with the authors' names; ``s_blocks3``/``s_blocks4`` are the sparsity
             rates (one per 5 stage-3 blocks / 4 stage-4 blocks).
-        img_size: the only accepted input side.
+        input_size: the only accepted input side (``img_size``, the authors' name, still works
+            with a deprecation warning).
         drop_path_rate: stochastic depth at the last block (the authors' wrapper fixes 0.2).
-        pretrained_path: local UniFormer-Base ImageNet-1k checkpoint for the backbone, or None to
-            start from random weights (see ``UNIFORMER_WEIGHTS_HELP`` for where to get it).
-        keep_pretrained_linear_norm: the authors' code loads the UniFormer weights *before* its
-            weight init, so every Linear and LayerNorm tensor of the checkpoint is replaced by a
-            fresh init and only convs, BatchNorms and layer scales survive. False (default)
-            reproduces that, as the published models were trained; True keeps all of them.
+
+    The UniFormer-Base ImageNet backbone weights are loaded by :func:`load_pretrained`
+    (``create_model("sparsevit", pretrained={"pretrained_path": ...})``), not by the constructor.
     """
 
     def __init__(
@@ -491,35 +491,33 @@ class SparseViT(ForgeryModel):
         depth: list[int] | tuple[int, ...] = (5, 8, 20, 7),
         embed_dim: list[int] | tuple[int, ...] = (64, 128, 320, 512),
         head_dim: int = 64,
-        img_size: int = 512,
+        input_size: int = 512,
         s_blocks3: list[int] | tuple[int, ...] = (8, 4, 2, 1),
         s_blocks4: list[int] | tuple[int, ...] = (2, 1),
         mlp_ratio: float = 4.0,
         qkv_bias: bool = True,
         drop_path_rate: float = 0.2,
-        pretrained_path: str | Path | None = None,
-        keep_pretrained_linear_norm: bool = False,
+        img_size: int | None = None,
     ) -> None:
         super().__init__()
+        if img_size is not None:
+            warnings.warn("SparseViT(img_size=...) is deprecated: the option is called input_size, as in every "
+                          "forgeloc model", DeprecationWarning, stacklevel=2)
+            input_size = img_size
         emit3, emit4 = _stage_emits(depth[2], depth[3]) if len(depth) == 4 else ([], [])
         if len(emit3) + len(emit4) + 2 != 6:
             raise ValueError(
                 f"the LFF head needs 6 feature maps: stage 3 must have 15 or 20 blocks and stage 4 4-7 blocks "
                 f"(got depth {list(depth)})"
             )
-        self.input_size = img_size
+        self.input_size = input_size
         self.size_divisor = 32
         self.encoder_net = SparseViTBackbone(
-            depth=depth, embed_dim=embed_dim, head_dim=head_dim, img_size=img_size, s_blocks3=s_blocks3,
+            depth=depth, embed_dim=embed_dim, head_dim=head_dim, img_size=input_size, s_blocks3=s_blocks3,
             s_blocks4=s_blocks4, mlp_ratio=mlp_ratio, qkv_bias=qkv_bias, drop_path_rate=drop_path_rate,
         )
         self.lmu = LearnableFeatureFusion(in_dim=embed_dim[2], embed_dim=embed_dim[3])
         self.apply(_init_weights)
-        if pretrained_path is None:
-            _logger.info("SparseViT: no pretrained_path, the backbone starts from random weights. %s",
-                         UNIFORMER_WEIGHTS_HELP)
-        else:
-            load_uniformer_weights(self.encoder_net, pretrained_path, keep_linear_norm=keep_pretrained_linear_norm)
 
     def forward(self, batch: dict[str, Any]) -> dict[str, Any]:
         image = self.require_image(batch)
@@ -572,17 +570,17 @@ def load_uniformer_weights(
     too, reproducing the reference (see :class:`SparseViT`). A shape mismatch is an error. Returns
     the key lists ``loaded``, ``reset``, ``ignored`` and ``missing``; logs their sizes.
     """
-    from forgeloc.checkpoint import load_state_dict_file
-
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"UniFormer-Base pretrained weights not found: {path}. {UNIFORMER_WEIGHTS_HELP}")
     sd = {(k[len("backbone."):] if k.startswith("backbone.") else k): v for k, v in load_state_dict_file(path).items()}
     own = backbone.state_dict()
-    wrong = [f"{k}: file {tuple(v.shape)} vs model {tuple(own[k].shape)}"
-             for k, v in sd.items() if k in own and v.shape != own[k].shape]
-    if wrong:
-        raise ValueError(f"{path}: {len(wrong)} tensors do not fit the SparseViT backbone, e.g. {wrong[:3]}")
+    report = KeyReport.compare(sd, own)
+    if report.wrong_shape:
+        raise WeightsMismatchError(
+            f"{path}: {len(report.wrong_shape)} tensors do not fit the SparseViT backbone, "
+            f"e.g. {report.wrong_shape[:3]}"
+        )
     reset_prefixes = tuple(
         f"{name}." for name, mod in backbone.named_modules() if isinstance(mod, (nn.Linear, nn.LayerNorm))
     )
@@ -590,8 +588,7 @@ def load_uniformer_weights(
     reset = [] if keep_linear_norm else [k for k in matched if k.startswith(reset_prefixes)]
     reset_set = set(reset)
     loaded = [k for k in matched if k not in reset_set]
-    ignored = [k for k in sd if k not in own]
-    missing = [k for k in own if k not in sd]
+    ignored, missing = report.unexpected, report.missing
     backbone.load_state_dict({k: sd[k] for k in loaded}, strict=False)
     _logger.info(
         "SparseViT: loaded %d tensors from %s into the backbone; %d Linear/LayerNorm tensors of the file %s; "
@@ -607,6 +604,29 @@ def load_uniformer_weights(
     return {"loaded": loaded, "reset": reset, "ignored": ignored, "missing": missing}
 
 
+def load_pretrained(
+    model: SparseViT, pretrained_path: str | Path | None = None, keep_pretrained_linear_norm: bool = False
+) -> None:
+    """Initialise the backbone from a local UniFormer-Base ImageNet-1k checkpoint (training only).
+
+    ``pretrained_path``: where the file is (see ``UNIFORMER_WEIGHTS_HELP``); ``None`` leaves the
+    random init and says so. ``keep_pretrained_linear_norm``: the authors' code loads the UniFormer
+    weights *before* its weight init, so every Linear and LayerNorm tensor of the checkpoint is
+    replaced by a fresh init and only convs, BatchNorms and layer scales survive. False (default)
+    reproduces that, as the published models were trained; True keeps all of them.
+    """
+    if pretrained_path is None:
+        _logger.info("SparseViT: no pretrained_path, the backbone starts from random weights. %s",
+                     UNIFORMER_WEIGHTS_HELP)
+        return
+    load_uniformer_weights(model.encoder_net, pretrained_path, keep_linear_norm=keep_pretrained_linear_norm)
+
+
+def checkpoint_filter_fn(state_dict: dict[str, torch.Tensor], model: SparseViT) -> dict[str, torch.Tensor]:
+    """The authors' checkpoints already use this model's keys (the module tree mirrors theirs): as is."""
+    return dict(state_dict)
+
+
 # --------------------------------------------------------------------------------------------------
 # Registered configurations
 # --------------------------------------------------------------------------------------------------
@@ -614,7 +634,7 @@ _PAPER_CONFIG: dict[str, Any] = {
     "depth": [5, 8, 20, 7],
     "embed_dim": [64, 128, 320, 512],
     "head_dim": 64,
-    "img_size": 512,
+    "input_size": 512,
     "s_blocks3": [8, 4, 2, 1],
     "s_blocks4": [2, 1],
     "mlp_ratio": 4.0,
@@ -627,7 +647,7 @@ _TINY_CONFIG: dict[str, Any] = {
     **_PAPER_CONFIG,
     "depth": [1, 1, 15, 4],
     "embed_dim": [16, 32, 320, 512],
-    "img_size": 128,
+    "input_size": 128,
     "s_blocks3": [8, 4, 4],
     "s_blocks4": [4],
     "mlp_ratio": 1.0,
