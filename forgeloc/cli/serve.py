@@ -33,6 +33,9 @@ def serve(
     Uploads are analysed in memory and never stored.
     Examples: forgeloc serve  |  forgeloc serve runs/quickstart --port 8000
     """
+    from forgeloc.extras import require
+
+    require("serve", "forgeloc serve", "fastapi", "uvicorn")  # before the model is loaded: fail fast
     from forgeloc.checkpoint import CheckpointError
     from forgeloc.cli.predict import _parse_cues
     from forgeloc.inference.predictor import load

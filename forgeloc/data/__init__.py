@@ -1,7 +1,8 @@
 """Data layer: reading images and masks, dataset formats, per-sample transforms, dataset checks.
 
 Submodules: :mod:`~forgeloc.data.io` (readers), :mod:`~forgeloc.data.datasets` (formats, records,
-PyTorch datasets), :mod:`~forgeloc.data.transforms` (augmentation, resize/pad, normalisation),
+PyTorch datasets), :mod:`~forgeloc.data.transforms` (augmentation, resize/pad),
+:mod:`~forgeloc.data.normalization` (ImageNet normalisation, all that prediction needs),
 :mod:`~forgeloc.data.check` (``forgeloc data check/convert``). The names below are re-exported
 lazily, so ``import forgeloc.data.io`` does not import albumentations.
 """
@@ -20,10 +21,8 @@ _EXPORTS = {
         "NEGATIVE", "BalancedDataset", "DatasetError", "ForgeryDataset", "Problem", "Record", "list_images",
         "load_records", "open_dataset", "scan_records",
     ),
-    "transforms": (
-        "IMAGENET_MEAN", "IMAGENET_STD", "Augmentations", "SampleTransform", "augmentation_preset",
-        "build_augmentations", "denormalize", "edge_mask", "normalize",
-    ),
+    "normalization": ("IMAGENET_MEAN", "IMAGENET_STD", "denormalize", "normalize"),
+    "transforms": ("Augmentations", "SampleTransform", "augmentation_preset", "build_augmentations", "edge_mask"),
     "check": ("DatasetReport", "check_dataset", "convert_to_json"),
 }
 _WHERE = {name: module for module, names in _EXPORTS.items() for name in names}

@@ -24,7 +24,7 @@ import os
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -39,7 +39,9 @@ from forgeloc.data.io import (
     read_image,
     read_mask,
 )
-from forgeloc.data.transforms import SampleTransform
+
+if TYPE_CHECKING:  # imported on use: transforms needs albumentations (the train extra), listing files does not
+    from forgeloc.data.transforms import SampleTransform
 
 __all__ = [
     "MASK_SUFFIXES",
@@ -561,7 +563,11 @@ class ForgeryDataset(Dataset):
                              "(unknown ground truth must never be counted as authentic)")
         self.records: list[Record] = records
         self.mask_known = known.pop()
-        self.transform = transform if transform is not None else SampleTransform(mode="none")
+        if transform is None:
+            from forgeloc.data.transforms import SampleTransform
+
+            transform = SampleTransform(mode="none")
+        self.transform = transform
         self.max_pixels = max_pixels
         self.seed = int(seed)
         self.resize_masks = resize_masks

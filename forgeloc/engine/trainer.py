@@ -32,7 +32,7 @@ from torch.nn.parallel import DistributedDataParallel
 
 from forgeloc import __version__
 from forgeloc.checkpoint import atomic_write, load_model_weights
-from forgeloc.data.transforms import IMAGENET_MEAN, IMAGENET_STD
+from forgeloc.data.normalization import IMAGENET_MEAN, IMAGENET_STD
 from forgeloc.engine.checkpointing import (
     BEST_DIR,
     CHECKPOINT_DIR,

@@ -47,7 +47,7 @@ import torch
 from torch import nn
 
 from forgeloc.data.io import DEFAULT_MAX_PIXELS, DecompressionBombError, ImageReadError, read_image
-from forgeloc.data.transforms import normalize
+from forgeloc.data.normalization import normalize
 from forgeloc.detectors import run_cue
 from forgeloc.detectors.base import CueResult, ImageInput
 from forgeloc.engine.runtime import autocast_context

@@ -308,6 +308,9 @@ def create_app(
     import contextlib
     from types import SimpleNamespace
 
+    from forgeloc.extras import require
+
+    require("serve", "forgeloc's web page (forgeloc.inference.server)", "fastapi")
     from fastapi import FastAPI, Request
     from fastapi.responses import JSONResponse, Response
 
@@ -510,6 +513,9 @@ def make_server(
     Bound to a loopback address, the server answers only to the ``Host`` names :data:`LOCAL_HOSTS` and
     ``extra_hosts`` (e.g. the public name a reverse proxy on the same machine passes on).
     """
+    from forgeloc.extras import require
+
+    require("serve", "forgeloc's web page (forgeloc.inference.server)", "uvicorn")
     import uvicorn
 
     local = host.lower() in _LOOPBACK_BINDS
