@@ -37,7 +37,7 @@ def serve(
 
     require("serve", "forgeloc serve", "fastapi", "uvicorn")  # before the model is loaded: fail fast
     from forgeloc.checkpoint import CheckpointError
-    from forgeloc.cli.predict import _parse_cues
+    from forgeloc.cli.predict import parse_cues
     from forgeloc.inference.predictor import load
     from forgeloc.inference.server import serve as run_server
 
@@ -45,7 +45,7 @@ def serve(
         import torch
 
         torch.set_num_threads(threads)
-    cue_names = _parse_cues(cues)
+    cue_names = parse_cues(cues)
     if max_upload_mb <= 0:
         fail("--max-upload-mb must be positive")
     check_threshold_and_device(threshold, device)

@@ -114,15 +114,16 @@ def _realistic(out: Path, n: int, seed: int, photos: Path | None, size: int, wor
     from collections import Counter
 
     from forgeloc.cli.common import fail
+    from forgeloc.data.files import list_folder
     from forgeloc.data.io import IMAGE_EXTENSIONS
     from forgeloc.data.realsynth import RealSynthConfig, synthesize_real
 
     if photos is None or not photos.is_dir():
         fail("--realistic needs --photos FOLDER of real photographs (e.g. `forgeloc corpus build --out DIR`, "
              "then --photos DIR/photos)")
-    files = sorted(p for p in photos.iterdir() if p.is_file())
-    paths = [p for p in files if p.suffix.lower() in IMAGE_EXTENSIONS]
-    skipped = [p.name for p in files if p.suffix.lower() not in IMAGE_EXTENSIONS]
+    listing = list_folder(photos, skip=None)
+    paths = listing.images
+    skipped = [p.name for p in listing.others]
     if skipped:  # e.g. a corpus's .pgm camera frames: said, not silently dropped
         console.print(f"skipped {len(skipped)} file(s) whose type --realistic does not read "
                       f"({', '.join(sorted(IMAGE_EXTENSIONS))}): {', '.join(skipped[:8])}"

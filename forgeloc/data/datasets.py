@@ -17,7 +17,6 @@ Every problem in a source is collected and reported at once in one :class:`Datas
 
 from __future__ import annotations
 
-import errno
 import json
 import logging
 import os
@@ -30,6 +29,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from forgeloc.data.files import is_hidden_or_system, list_folder
 from forgeloc.data.io import (
     DEFAULT_MAX_PIXELS,
     IMAGE_EXTENSIONS,
@@ -65,7 +65,6 @@ NEGATIVE = "Negative"
 #: Mask-name suffixes removed before pairing a mask with its image (compared case-insensitively).
 MASK_SUFFIXES = ("_gt", "-gt", "_mask", "-mask")
 #: Files that operating systems leave in folders; never treated as data.
-_IGNORED_NAMES = frozenset({"thumbs.db", "desktop.ini", "__macosx"})
 # How many problems a DatasetError message spells out; ``.problems`` always holds all of them.
 _MESSAGE_PROBLEMS = 100
 
@@ -130,26 +129,7 @@ class Record:
 # Helpers
 # --------------------------------------------------------------------------------------------------
 def _is_ignored(path: Path) -> bool:
-    return path.name.startswith(".") or path.name.lower() in _IGNORED_NAMES
-
-
-def broken_link(path: Path) -> str | None:
-    """Why ``path`` is a symbolic link that cannot be followed (dangling, looping), else ``None``."""
-    if not path.is_symlink():
-        return None
-    try:
-        os.stat(path)
-    except OSError as err:
-        try:
-            target = os.readlink(path)
-        except OSError:
-            target = "?"
-        if err.errno == errno.ELOOP:
-            return f"symbolic link loop (-> {target}): it never reaches a file"
-        if err.errno in (errno.ENOENT, errno.ENOTDIR):
-            return f"broken symbolic link: its target {target} does not exist"
-        return f"symbolic link to {target} cannot be followed ({err.strerror or err})"
-    return None
+    return is_hidden_or_system(path.name)
 
 
 def same_file_key(path: Path) -> str:
@@ -159,28 +139,18 @@ def same_file_key(path: Path) -> str:
 
 
 def _folder_images(folder: Path, problems: list[Problem], *, recursive: bool = False) -> list[Path]:
-    """Supported image files in ``folder`` (sorted); other non-hidden files are problems."""
+    """Supported image files in ``folder`` (sorted); every other visible entry is a problem."""
     if not folder.is_dir():
         problems.append(Problem(str(folder), "folder not found"))
         return []
-    entries = sorted(folder.rglob("*") if recursive else folder.iterdir())
-    files = []
-    for path in entries:
-        if any(_is_ignored(Path(part)) for part in path.relative_to(folder).parts):
-            continue
-        if path.is_dir():
-            continue
-        link_problem = broken_link(path)
-        if link_problem is not None:
-            problems.append(Problem(str(path), link_problem))
-            continue
-        if path.suffix.lower() not in IMAGE_EXTENSIONS:
-            problems.append(Problem(str(path), f"unsupported extension {path.suffix or '(none)'!r} "
-                                               f"(supported: {' '.join(sorted(IMAGE_EXTENSIONS))}); "
-                                               "convert it or move it out of the folder"))
-            continue
-        files.append(path)
-    return files
+    listing = list_folder(folder, recursive=recursive)
+    found = [(path, why) for path, why in listing.broken]
+    found += [(path, f"unsupported extension {path.suffix or '(none)'!r} (supported: "
+                     f"{' '.join(sorted(IMAGE_EXTENSIONS))}); convert it or move it out of the folder")
+              for path in listing.others]
+    found += [(path, "not a regular file (a pipe, socket or device)") for path in listing.special]
+    problems.extend(Problem(str(path), why) for path, why in sorted(found))  # in path order, as they were found
+    return listing.images
 
 
 def _strip_mask_suffix(stem: str) -> str | None:

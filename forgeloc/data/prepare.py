@@ -39,6 +39,7 @@ from typing import Any
 import numpy as np
 
 from forgeloc.data.datasets import DATASET_LIST_NAME, NEGATIVE
+from forgeloc.data.files import list_folder
 from forgeloc.data.io import (
     DEFAULT_MAX_PIXELS,
     IMAGE_EXTENSIONS,
@@ -189,8 +190,12 @@ class Recipe:
 # --------------------------------------------------------------------------------------------------
 # File-system helpers (the source is only read)
 # --------------------------------------------------------------------------------------------------
+def _ignored_name(name: str) -> bool:
+    return name.startswith(".") or name.lower() in _IGNORED
+
+
 def _ignored(path: Path) -> bool:
-    return path.name.startswith(".") or path.name.lower() in _IGNORED
+    return _ignored_name(path.name)
 
 
 def _is_image(path: Path) -> bool:
@@ -198,16 +203,10 @@ def _is_image(path: Path) -> bool:
 
 
 def _files(folder: Path, *, recursive: bool = False) -> list[Path]:
-    """Visible files of ``folder`` (sorted by their path)."""
-    entries = folder.rglob("*") if recursive else folder.iterdir()
-    out = []
-    for p in entries:
-        rel = p.relative_to(folder).parts
-        if any(part.startswith(".") or part.lower() in _IGNORED for part in rel):
-            continue
-        if p.is_file():
-            out.append(p)
-    return sorted(out, key=lambda p: p.as_posix())
+    """Visible files of ``folder`` (sorted by their path as text); links that cannot be followed and
+    special files are left out."""
+    listing = list_folder(folder, recursive=recursive, skip=_ignored_name)
+    return sorted(listing.files, key=lambda p: p.as_posix())
 
 
 def _images(folder: Path, scan: _Scan, source: Path, *, recursive: bool = False) -> list[Path]:

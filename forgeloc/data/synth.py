@@ -159,9 +159,10 @@ def load_photo_folder(folder: str | Path, *, min_side: int = 1) -> dict[str, np.
     folder = Path(folder).expanduser()
     if not folder.is_dir():
         raise SynthError(f"photo folder {folder} does not exist or is not a folder")
+    from forgeloc.data.files import list_folder
     from forgeloc.data.io import IMAGE_EXTENSIONS
 
-    files = sorted(p for p in folder.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS)
+    files = list_folder(folder, recursive=True, skip=None).images
     if not files:
         raise SynthError(f"no photos ({', '.join(sorted(IMAGE_EXTENSIONS))}) found in {folder}")
     out: dict[str, np.ndarray] = {}

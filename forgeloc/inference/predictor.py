@@ -53,6 +53,7 @@ from forgeloc.detectors.base import CueResult, ImageInput
 from forgeloc.engine.runtime import autocast_context
 from forgeloc.inference import tiling
 from forgeloc.inference import visualize as viz
+from forgeloc.inference.outputs import output_files
 
 __all__ = ["MODES", "Prediction", "PredictionFailure", "Predictor", "load"]
 
@@ -154,10 +155,11 @@ class Prediction:
         folder = Path(folder)
         folder.mkdir(parents=True, exist_ok=True)
         stem = stem or Path(self.name).stem or "image"
+        targets = output_files(folder, stem)
         files = {
-            "heatmap": viz.write_png(folder / f"{stem}_heatmap.png", self.heatmap_rgb()),
-            "overlay": viz.write_png(folder / f"{stem}_overlay.png", self.overlay()),
-            "mask": viz.write_png(folder / f"{stem}_predmask.png", self.mask_uint8()),
+            "heatmap": viz.write_png(targets["heatmap"], self.heatmap_rgb()),
+            "overlay": viz.write_png(targets["overlay"], self.overlay()),
+            "mask": viz.write_png(targets["mask"], self.mask_uint8()),
         }
         out = {k: str(v) for k, v in files.items()}
         if write_json:
