@@ -76,7 +76,9 @@ def test_serve_without_the_serve_extra_prints_the_install_hint(tmp_path):
 def test_train_without_the_train_extra_prints_the_install_hint(tmp_path):
     config = tmp_path / "c.yaml"
     config.write_text("model: {name: unet_baseline}\n")
-    code = f"import runpy\nsys.argv = ['forgeloc', 'train', '--config', {str(config)!r}]\nrunpy.run_module('forgeloc', run_name='__main__')\n"
+    code = ("import runpy\n"
+            f"sys.argv = ['forgeloc', 'train', '--config', {str(config)!r}]\n"
+            "runpy.run_module('forgeloc', run_name='__main__')\n")
     done = _run(code, tmp_path)
     assert "Traceback" not in done.stderr + done.stdout
     assert "pip install 'forgeloc[train]'" in done.stderr

@@ -250,9 +250,8 @@ class Trainer:
             remove_stale_temporaries(out_dir)
             text = yaml.safe_dump(cfg.to_dict(), sort_keys=False)
             atomic_write(out_dir / "config.yaml", lambda tmp: tmp.write_text(text))
-            pre = getattr(unwrap(model), "pretrained_note", None)
             n_params = sum(p.numel() for p in model.parameters())
-            log.info("model %s: %s parameters%s", cfg.model.name, f"{n_params:,}", f" ({pre})" if pre else "")
+            log.info("model %s: %s parameters", cfg.model.name, f"{n_params:,}")
             log.info(
                 "training %d epochs × %d steps (batch %d × accum %d × %d processes) on %s; %d samples per epoch",
                 cfg.train.epochs, steps_per_epoch, cfg.train.batch_size, accum, info.world_size,

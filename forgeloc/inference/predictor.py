@@ -254,11 +254,11 @@ def load_input(item: Any, max_pixels: int = DEFAULT_MAX_PIXELS, name: str | None
         _check_pixels(item.width, item.height, max_pixels, where)
         from PIL import ImageOps
 
-        from forgeloc.data.io import _to_rgb  # same mode policy as files (alpha on white, 16-bit high byte)
+        from forgeloc.data.io import pil_to_rgb  # same mode policy as files (alpha on white, 16-bit high byte)
 
         item.load()
         # As for files: the photo the user sees, with its EXIF orientation applied.
-        return _to_rgb(ImageOps.exif_transpose(item), where, alpha="white")
+        return pil_to_rgb(ImageOps.exif_transpose(item), where, alpha="white")
     return read_image(item, max_pixels=max_pixels, name=name)
 
 
