@@ -53,6 +53,7 @@ from forgeloc.engine.evaluate import evaluate
 from forgeloc.engine.logger import RunLogger, console, metrics_table, setup_logging, train_progress
 from forgeloc.engine.optim import build_optimizer, learning_rate, set_learning_rate
 from forgeloc.engine.runtime import autocast_context, move_batch
+from forgeloc.losses import unwrap_aux_loss, wrap_with_aux_loss
 from forgeloc.models.registry import create_model
 
 log = logging.getLogger(__name__)
@@ -88,15 +89,13 @@ def build_model(cfg: Config) -> nn.Module:
         load_model_weights(model, cfg.model.init_checkpoint, strict=True)
         log.info("initialised %s from %s", cfg.model.name, cfg.model.init_checkpoint)
     if cfg.model.aux_loss:
-        from forgeloc.losses import wrap_with_aux_loss
-
         model = wrap_with_aux_loss(model, dict(cfg.model.aux_loss))
     return model
 
 
 def model_input_size(model: nn.Module, cfg: Config) -> int:
     """The square input size to train and evaluate at; a clear error if model and config disagree."""
-    net = getattr(model, "model", model)  # an auxiliary-loss wrapper keeps the model inside
+    net = unwrap_aux_loss(model)
     required = getattr(net, "input_size", None)
     size = cfg.data.input_size
     if required is not None and required != size:
@@ -135,8 +134,7 @@ def resume_output_dir(resume: str | Path, configured: str | Path) -> Path:
 
 def inference_config(cfg: Config, model: nn.Module, size: int, epoch: int, metrics: dict | None) -> dict[str, Any]:
     """``config.json`` of a checkpoint: everything ``forgeloc.load`` needs to predict."""
-    net = unwrap(model)
-    inner = getattr(net, "model", net)
+    inner = unwrap_aux_loss(unwrap(model))
     return {
         "format": "forgeloc-checkpoint",
         "format_version": 1,
