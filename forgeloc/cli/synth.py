@@ -67,7 +67,7 @@ def synth(
 
     Example: [bold]forgeloc synth --out data/synth --n 200 --seed 0[/bold]
     """
-    from forgeloc.data.synth import AUTHENTIC, SynthError, bundled_photo_names, synthesize
+    from forgeloc.data.synth import SynthError, bundled_photo_names, synthesize
 
     if list_photos:
         console.print("\n".join(bundled_photo_names()))
@@ -92,6 +92,14 @@ def synth(
         raise typer.Exit(2) from err
     seconds = time.perf_counter() - start
 
+    console.print(_summary_table(dataset, seconds))
+    console.print(f"wrote {dataset} (JSON list, paths relative to {dataset.parent}) and manifest.json")
+
+
+def _summary_table(dataset: Path, seconds: float) -> Table:
+    """Images per type with their mean tampered share, JPEG and resized counts, from manifest.json."""
+    from forgeloc.data.synth import AUTHENTIC
+
     manifest = json.loads((dataset.parent / "manifest.json").read_text())
     samples = manifest["samples"]
     table = Table(title=f"{len(samples)} images in {seconds:.1f} s ({manifest['photo_source']})")
@@ -105,8 +113,7 @@ def synth(
             str(sum(s["jpeg_quality"] is not None for s in rows)),
             str(sum(s["resize_factor"] is not None for s in rows)),
         )
-    console.print(table)
-    console.print(f"wrote {dataset} (JSON list, paths relative to {dataset.parent}) and manifest.json")
+    return table
 
 
 def _realistic(out: Path, n: int, seed: int, photos: Path | None, size: int, workers: int) -> None:

@@ -260,93 +260,115 @@ def _resolve(base: Path, value: str) -> Path:
 
 
 def _scan_json(path: Path, problems: list[Problem], check_files: bool) -> list[Record]:
+    loaded = _read_json_list(path, problems)
+    if loaded is None:
+        return []
+    data, text = loaded
+    lines = _entry_lines(text)
+    records = []
+    seen: dict[str, Record] = {}
+    for i, entry in enumerate(data):
+        where = f"{path}:line {lines[i]}" if i < len(lines) else f"{path}:entry {i}"
+        record = _entry_record(entry, where, path.parent, check_files, problems)
+        if record is None:
+            continue
+        # The same file under two spellings (img/../img/0.png and img/0.png, a link) is one image.
+        # Without file checks (slow network file systems) the paths are only normalised as text.
+        key = same_file_key(record.image) if check_files else os.path.normcase(os.path.normpath(record.image))
+        if key in seen:
+            problems.append(_listed_again(seen[key], record, entry[0]))
+        seen.setdefault(key, record)
+        records.append(record)
+    return records
+
+
+def _read_json_list(path: Path, problems: list[Problem]) -> tuple[list, str] | None:
+    """The non-empty JSON list in ``path`` and its text, or None with the problem recorded."""
     try:
         text = path.read_text(encoding="utf-8-sig")
     except UnicodeDecodeError as err:
         problems.append(Problem(str(path), f"not UTF-8 text ({err.reason} at byte {err.start})"))
-        return []
+        return None
     except OSError as err:
         problems.append(Problem(str(path), f"cannot be read ({err.strerror or err})"))
-        return []
+        return None
     try:
         data = json.loads(text)
     except json.JSONDecodeError as err:
         problems.append(Problem(f"{path}:line {err.lineno}", f"invalid JSON: {err.msg} (column {err.colno})"))
-        return []
+        return None
     if not isinstance(data, list):
         problems.append(Problem(str(path), f"must be a JSON list of [image, mask_or_\"Negative\"] pairs, "
                                            f"found a {type(data).__name__}"
                                            + (" (a {name: path} mapping is a test-set config, not a "
                                               "dataset)" if isinstance(data, dict) else "")))
-        return []
+        return None
     if not data:
         problems.append(Problem(str(path), "the list is empty"))
-        return []
-    lines = _entry_lines(text)
-    base = path.parent
-    records = []
-    seen: dict[str, Record] = {}
-    for i, entry in enumerate(data):
-        where = f"{path}:line {lines[i]}" if i < len(lines) else f"{path}:entry {i}"
-        if not isinstance(entry, list) or len(entry) != 2:
-            problems.append(Problem(where, "entry must be a pair [image, mask_or_\"Negative\"], "
-                                           f"found {_short(entry)}"))
-            continue
-        image_value, mask_value = entry
-        bad = False
-        for what, value in (("image", image_value), ("mask", mask_value)):
-            if not isinstance(value, str):
-                hint = ' (authentic images use the string "Negative")' if what == "mask" and value is None else ""
-                problems.append(Problem(where, f"{what} must be a string path, found {_short(value)}{hint}"))
-                bad = True
-            elif not value.strip():
-                problems.append(Problem(where, f"{what} path is empty"))
-                bad = True
-        if bad:
-            continue
-        image = _resolve(base, image_value)
-        if image.suffix.lower() not in IMAGE_EXTENSIONS:
-            problems.append(Problem(where, f"image {image_value!r} has an unsupported extension "
-                                           f"(supported: {' '.join(sorted(IMAGE_EXTENSIONS))})"))
+        return None
+    return data, text
+
+
+def _entry_record(entry: Any, where: str, base: Path, check_files: bool, problems: list[Problem]) -> Record | None:
+    """One ``[image, mask_or_"Negative"]`` entry as a record, or None with every problem it has recorded."""
+    if not isinstance(entry, list) or len(entry) != 2:
+        problems.append(Problem(where, "entry must be a pair [image, mask_or_\"Negative\"], "
+                                       f"found {_short(entry)}"))
+        return None
+    image_value, mask_value = entry
+    bad = False
+    for what, value in (("image", image_value), ("mask", mask_value)):
+        if not isinstance(value, str):
+            hint = ' (authentic images use the string "Negative")' if what == "mask" and value is None else ""
+            problems.append(Problem(where, f"{what} must be a string path, found {_short(value)}{hint}"))
             bad = True
-        elif check_files and not _check_file(image, "image", where, problems):
+        elif not value.strip():
+            problems.append(Problem(where, f"{what} path is empty"))
             bad = True
-        mask: Path | None = None
-        if mask_value != NEGATIVE:
-            if mask_value.lower().endswith(".json"):
-                problems.append(Problem(where, f"mask path {mask_value!r} ends in .json: a mask must be an "
-                                               "image (nested dataset lists are not supported)"))
-                bad = True
-            else:
-                mask = _resolve(base, mask_value)
-                if mask.suffix.lower() not in IMAGE_EXTENSIONS:
-                    hint = ' (authentic images use the exact string "Negative")' if mask_value.strip().lower() in (
-                        "negative", "none", "null", "authentic") else ""
-                    problems.append(Problem(where, f"mask {mask_value!r} has an unsupported extension{hint}"))
-                    bad = True
-                elif check_files and not _check_file(mask, "mask", where, problems):
-                    bad = True
-        if bad:
-            continue
-        record = Record(image=image, mask=mask, source=where)
-        # The same file under two spellings (img/../img/0.png and img/0.png, a link) is one image.
-        # Without file checks (slow network file systems) the paths are only normalised as text.
-        key = same_file_key(image) if check_files else os.path.normcase(os.path.normpath(image))
-        if key in seen:
-            first = seen[key]
-            if first.label != record.label:
-                problems.append(Problem(where, f"image {image_value!r} is listed again with the opposite label "
-                                               f"({'tampered' if record.label else 'authentic'} here, "
-                                               f"{'tampered' if first.label else 'authentic'} at {first.source}): "
-                                               "one image cannot be both"))
-            else:
-                other = "" if first.mask is None or mask is None or same_file_key(first.mask) == same_file_key(
-                    mask) else f", with another mask ({first.mask.name} there, {mask.name} here)"
-                problems.append(Problem(where, f"image {image_value!r} is listed again (first at {first.source}"
-                                               f"{other})", "warning"))
-        seen.setdefault(key, record)
-        records.append(record)
-    return records
+    if bad:
+        return None
+    image = _resolve(base, image_value)
+    if image.suffix.lower() not in IMAGE_EXTENSIONS:
+        problems.append(Problem(where, f"image {image_value!r} has an unsupported extension "
+                                       f"(supported: {' '.join(sorted(IMAGE_EXTENSIONS))})"))
+        bad = True
+    elif check_files and not _check_file(image, "image", where, problems):
+        bad = True
+    mask: Path | None = None
+    if mask_value != NEGATIVE:
+        mask = _entry_mask(mask_value, where, base, check_files, problems)
+        bad = bad or mask is None
+    return None if bad else Record(image=image, mask=mask, source=where)
+
+
+def _entry_mask(mask_value: str, where: str, base: Path, check_files: bool, problems: list[Problem]) -> Path | None:
+    """The mask path of an entry (not ``"Negative"``), or None with the problem recorded."""
+    if mask_value.lower().endswith(".json"):
+        problems.append(Problem(where, f"mask path {mask_value!r} ends in .json: a mask must be an "
+                                       "image (nested dataset lists are not supported)"))
+        return None
+    mask = _resolve(base, mask_value)
+    if mask.suffix.lower() not in IMAGE_EXTENSIONS:
+        hint = ' (authentic images use the exact string "Negative")' if mask_value.strip().lower() in (
+            "negative", "none", "null", "authentic") else ""
+        problems.append(Problem(where, f"mask {mask_value!r} has an unsupported extension{hint}"))
+        return None
+    if check_files and not _check_file(mask, "mask", where, problems):
+        return None
+    return mask
+
+
+def _listed_again(first: Record, record: Record, image_value: str) -> Problem:
+    """An image listed twice: an error with opposite labels, else a warning (naming a second mask)."""
+    where, mask = record.source, record.mask
+    if first.label != record.label:
+        return Problem(where, f"image {image_value!r} is listed again with the opposite label "
+                              f"({'tampered' if record.label else 'authentic'} here, "
+                              f"{'tampered' if first.label else 'authentic'} at {first.source}): "
+                              "one image cannot be both")
+    other = "" if first.mask is None or mask is None or same_file_key(first.mask) == same_file_key(
+        mask) else f", with another mask ({first.mask.name} there, {mask.name} here)"
+    return Problem(where, f"image {image_value!r} is listed again (first at {first.source}{other})", "warning")
 
 
 # --------------------------------------------------------------------------------------------------
