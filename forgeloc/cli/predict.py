@@ -1,4 +1,8 @@
-"""``forgeloc predict``: heatmaps, overlays and masks for files, folders and globs; optional HTML report."""
+"""``forgeloc predict``: heatmaps, overlays and masks for files, folders and globs; optional HTML report.
+
+The work is :mod:`forgeloc.inference.batch`'s; this module parses the options, checks them before the
+model is loaded, shows a progress bar and turns how the run ended into messages and an exit code.
+"""
 
 from __future__ import annotations
 
@@ -14,7 +18,7 @@ from forgeloc.cli.common import check_threshold_and_device, console, fail
 
 # The library's names, re-exported: this module was their home before forgeloc.inference.batch.
 from forgeloc.data.files import expand_inputs
-from forgeloc.inference.batch import CSV_COLUMNS, FLUSH_MAX_SHARE, FLUSH_SECONDS
+from forgeloc.inference.batch import CSV_COLUMNS, FLUSH_MAX_SHARE, FLUSH_SECONDS, BatchPlan, BatchPrediction
 from forgeloc.inference.outputs import OUTPUT_SUFFIXES, RUN_FILES, output_files, output_stems
 
 __all__ = [
@@ -110,8 +114,6 @@ def predict(
     For compatibility, a first argument that is a checkpoint (a folder with config.json or
     model.safetensors, or a .safetensors/.pth file) is taken as --detector.
     """
-    from forgeloc.inference.batch import BatchPlan, BatchPrediction
-
     _check_options(mode, amp, max_pixels, threshold, device)
     if threads is not None:
         import torch
@@ -152,7 +154,7 @@ def _check_options(mode: str, amp: str | None, max_pixels: int | None, threshold
     check_threshold_and_device(threshold, device)
 
 
-def _refuse_input_collisions(plan: Any) -> None:
+def _refuse_input_collisions(plan: BatchPlan) -> None:
     clashes = plan.input_collisions()
     if clashes:
         target, source = clashes[0]
@@ -176,7 +178,7 @@ def _load_predictor(detector: str, model: str | None, options: dict[str, Any]) -
         fail(str(err))
 
 
-def _warn_foreign_outputs(plan: Any) -> None:
+def _warn_foreign_outputs(plan: BatchPlan) -> None:
     foreign = plan.foreign_outputs()
     if foreign:
         shown = ", ".join(p.name for p in foreign[:5]) + (f" and {len(foreign) - 5} more" if len(foreign) > 5 else "")
@@ -184,7 +186,7 @@ def _warn_foreign_outputs(plan: Any) -> None:
                       f"outputs of the same images will be replaced: {shown}", highlight=False, soft_wrap=True)
 
 
-def _run_with_progress(run: Any) -> None:
+def _run_with_progress(run: BatchPrediction) -> None:
     """Run the batch under a progress bar; a stopped run ends the command the way its cause asks
     (Ctrl+C: exit 130; the output folder failing: a one-line error; anything else: raised again)."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
@@ -209,7 +211,7 @@ def _run_with_progress(run: Any) -> None:
         _report_stop(run, error)
 
 
-def _report_stop(run: Any, error: BaseException) -> None:
+def _report_stop(run: BatchPrediction, error: BaseException) -> None:
     from forgeloc.inference.batch import OutputFolderError
 
     if run.save_error is not None:

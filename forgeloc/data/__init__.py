@@ -3,8 +3,9 @@
 Submodules: :mod:`~forgeloc.data.io` (readers), :mod:`~forgeloc.data.datasets` (formats, records,
 PyTorch datasets), :mod:`~forgeloc.data.transforms` (augmentation, resize/pad),
 :mod:`~forgeloc.data.normalization` (ImageNet normalisation, all that prediction needs),
-:mod:`~forgeloc.data.check` (``forgeloc data check/convert``). The names below are re-exported
-lazily, so ``import forgeloc.data.io`` does not import albumentations.
+:mod:`~forgeloc.data.check` (``forgeloc data check/convert``), :mod:`~forgeloc.data.files` (the one
+image-folder walker). The names below are re-exported lazily, so ``import forgeloc.data.io`` does
+not import albumentations.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ _EXPORTS = {
     "normalization": ("IMAGENET_MEAN", "IMAGENET_STD", "denormalize", "normalize"),
     "transforms": ("Augmentations", "SampleTransform", "augmentation_preset", "build_augmentations", "edge_mask"),
     "check": ("DatasetReport", "check_dataset", "convert_to_json"),
+    "files": ("FolderListing", "broken_link", "expand_inputs", "list_folder"),
 }
 _WHERE = {name: module for module, names in _EXPORTS.items() for name in names}
 
