@@ -78,7 +78,7 @@ def main() -> None:
         extra = extra_for(err.name)
         if extra is None:
             raise
-        message = install_hint(_command_name(sys.argv), extra, err.name)
+        message = install_hint(_command_name(sys.argv), extra, (err.name or "").split(".")[0])
     # Outside typer's own handling now (typer.Exit would print a traceback here): print and leave.
     from rich.markup import escape
 
