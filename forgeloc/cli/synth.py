@@ -32,6 +32,7 @@ def _pair(text: str, name: str, cast: type) -> tuple:
     return values
 
 
+# Long only by its option declarations (typer reads them from the signature).
 def synth(
     out: Path | None = typer.Option(
         None, "--out", "-o", help="Output folder (images/, masks/, dataset.json, manifest.json)."
