@@ -26,7 +26,7 @@ registry, so the package is registered here without running that ``__init__``.
 Example (the README's numbers)::
 
     python -m venv /tmp/refenv && . /tmp/refenv/bin/activate
-    pip install torch==2.14.1 torchvision==0.29.1 && pip install -e . && \
+    pip install torch==2.14.1 torchvision==0.29.1 && pip install -e ".[all]" && \
         pip install --no-deps imdlbenco==0.1.45 timm
     git clone https://github.com/scu-zjz/Mesorch /tmp/Mesorch
     taskset -c 0,1 python benchmarks/compare_reference.py --mesorch-repo /tmp/Mesorch --threads 2 \

@@ -30,7 +30,7 @@ def load(model_or_checkpoint: Any = None, checkpoint: Any = None, **kwargs: Any)
     a run/checkpoint folder that names its model, ``forgeloc.load("sparsevit", checkpoint=PATH)``,
     or ``forgeloc.load("copymove")`` for a training-free detector; then ``.predict(image)``.
     """
-    # Imported on use: inference pulls in OpenCV and albumentations, ``import forgeloc`` stays light.
+    # Imported on use: inference pulls in OpenCV and the detectors; ``import forgeloc`` stays light.
     from forgeloc.inference.predictor import load as _load
 
     return _load(model_or_checkpoint, checkpoint, **kwargs)

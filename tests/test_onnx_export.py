@@ -12,9 +12,9 @@ import pytest
 import torch
 
 import forgeloc
-from forgeloc.checkpoint import CheckpointError
 from forgeloc.deploy import onnx as fonnx
 from forgeloc.inference.predictor import Predictor
+from forgeloc.io import CheckpointError
 
 pytest.importorskip("onnxruntime")
 
@@ -32,10 +32,10 @@ def test_export_agrees_with_pytorch_at_any_batch_size(name, tmp_path):
     result = fonnx.export_onnx(predictor, tmp_path)
     assert max(result.check["max_abs_diff"].values()) <= fonnx.ATOL
     model, config = fonnx.load_onnx(tmp_path)
-    assert config["onnx"]["opset"] == fonnx.OPSET and config["model"] == name
+    assert config.extra["onnx"]["opset"] == fonnx.OPSET and config.model == name
     torch_model = predictor.model
     gen = torch.Generator().manual_seed(7)
-    if config["onnx"]["outputs"] == ["block_logits"]:
+    if config.extra["onnx"]["outputs"] == ["block_logits"]:
         coef = torch.round(torch.randn(3, 64, 19, 26, generator=gen) * 5) * 2  # another batch and block count
         with torch.inference_mode():
             torch.testing.assert_close(model.block_logits(coef), torch_model.block_logits(coef), atol=1e-4, rtol=0)

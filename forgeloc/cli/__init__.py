@@ -54,7 +54,33 @@ def _register_commands() -> None:
         importlib.import_module(f"forgeloc.cli.{name}").register(app)
 
 
+def _command_name(argv: list[str]) -> str:
+    """``forgeloc serve`` for ``[..., "serve", "--port", "1"]``: the sub-command being run, for messages."""
+    names = {c.name or "" for c in app.registered_commands} | {g.name or "" for g in app.registered_groups}
+    return " ".join(["forgeloc", *[a for a in argv[1:] if a in names][:1]])
+
+
 def main() -> None:
-    """Console-script entry point."""
+    """Console-script entry point. A package of a missing extra ends the command with one line
+    naming the pip command (``forgeloc serve`` without fastapi), never with a traceback."""
+    import sys
+
+    from forgeloc.cli.common import console
+    from forgeloc.extras import MissingExtraError, extra_for, install_hint
+
     _register_commands()
-    app()
+    try:
+        app()
+        return
+    except MissingExtraError as err:
+        message = str(err)
+    except ModuleNotFoundError as err:
+        extra = extra_for(err.name)
+        if extra is None:
+            raise
+        message = install_hint(_command_name(sys.argv), extra, (err.name or "").split(".")[0])
+    # Outside typer's own handling now (typer.Exit would print a traceback here): print and leave.
+    from rich.markup import escape
+
+    console.print(f"[bold red]error:[/bold red] {escape(message)}", highlight=False, soft_wrap=True)
+    sys.exit(1)

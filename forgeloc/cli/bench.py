@@ -26,7 +26,10 @@ def bench(
     """Benchmark models, each in a fresh process: params, fvcore FLOPs, first-call and median latency,
     images per second, and peak memory above the loaded weights (RSS on CPU, max allocated on CUDA)."""
     from forgeloc.engine.bench import results_markdown, run_benchmarks
+    from forgeloc.extras import require
 
+    if flops:  # checked here: each model is measured in a child process, whose error would be a traceback
+        require("bench", "forgeloc bench (its FLOP counts; --no-flops skips them)", "fvcore")
     results = run_benchmarks(
         list(model), device=device, batch=batch, size=size, train=train, repeats=repeats, warmup=warmup,
         amp=amp, channels_last=channels_last, compile=compile, threads=threads, flops=flops,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import typer
 from rich.console import Console
@@ -65,6 +66,13 @@ def build(
     except CorpusError as err:
         fail(str(err))
 
+    _print_report(report, PACKAGE_MANIFEST if write_package_manifest else None)
+    if not report.ok:
+        raise typer.Exit(1)
+
+
+def _print_report(report: Any, package_manifest: Any) -> None:
+    """The build's table, reasons, verification, warnings and errors, then where everything is."""
     table = Table(title=f"{report.kept} photos, {report.megapixels:.1f} megapixels")
     for col in ("source", "version", "status", "photos", "MP", "left out", "duplicates"):
         table.add_column(col, justify="left" if col in ("source", "version", "status") else "right")
@@ -92,10 +100,8 @@ def build(
         console.print(f"[bold red]error:[/bold red] {e}", highlight=False, soft_wrap=True)
     console.print(f"{report.out / 'photos'}: {report.written} written, {report.unchanged} unchanged, "
                   f"{report.removed} removed; manifest: {report.manifest_path}"
-                  + (f"; package manifest: {PACKAGE_MANIFEST}" if write_package_manifest else ""),
+                  + (f"; package manifest: {package_manifest}" if package_manifest else ""),
                   highlight=False, soft_wrap=True)
-    if not report.ok:
-        raise typer.Exit(1)
 
 
 def register(app: typer.Typer) -> None:

@@ -157,6 +157,7 @@ def _prepare_help() -> str:
     )
 
 
+# Long only by its option declarations (typer reads them from the signature).
 @data_app.command("prepare", help=_prepare_help())
 def prepare(
     name: str = typer.Argument(..., help="Recipe: casia1, casia2, columbia, coverage, nist16, imd2020, def12k, "

@@ -20,10 +20,12 @@ def demo(
     splice, a copy-move with rotation, and three untouched JPEGs. Their ground-truth masks are
     written next to them, so you can compare. Then try your own: forgeloc predict photo.jpg
     """
+    from rich.markup import escape
     from rich.table import Table
 
     from forgeloc.cli.predict import check_output_folder
     from forgeloc.data.examples import make_examples
+    from forgeloc.extras import install_hint
     from forgeloc.inference.predictor import load
     from forgeloc.inference.report import report_entry, write_report
 
@@ -35,7 +37,8 @@ def demo(
     try:
         examples = make_examples(out)
     except ImportError as err:
-        fail(f"the demo's example photos come from scikit-image: {err}")
+        fail(escape(install_hint("forgeloc demo (its example photos come from scikit-image)", "demo",
+                                 getattr(err, "name", None))))
     predictor = load()
     console.print(predictor.label, highlight=False, markup=False)
     table = Table(title="default detector on the example photos")

@@ -1,17 +1,14 @@
-"""``forgeloc predict``: heatmaps, overlays and masks for files, folders and globs; optional HTML report."""
+"""``forgeloc predict``: heatmaps, overlays and masks for files, folders and globs; optional HTML report.
+
+The work is :mod:`forgeloc.inference.batch`'s; this module parses the options, checks them before the
+model is loaded, shows a progress bar and turns how the run ended into messages and an exit code.
+"""
 
 from __future__ import annotations
 
 import contextlib
-import csv
-import errno
-import glob
-import itertools
-import json
 import os
 import sys
-import time
-from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -19,90 +16,15 @@ import typer
 
 from forgeloc.cli.common import check_threshold_and_device, console, fail
 
-_GLOB_CHARS = set("*?[")
-CSV_COLUMNS = ("name", "path", "width", "height", "score", "tampered_fraction", "mode", "threshold",
-               "heatmap", "overlay", "mask")
-#: Per-image output names. The predicted mask is ``<stem>_predmask.png``: a name ending in one of the
-#: ground-truth suffixes forgeloc (and IMDLBenCo-style layouts) pair with images (``_mask``, ``_gt``,
-#: see ``forgeloc.data.datasets.MASK_SUFFIXES``) could later be read as the ground truth of ``<stem>``.
-OUTPUT_SUFFIXES = {"heatmap": "_heatmap.png", "overlay": "_overlay.png", "mask": "_predmask.png"}
-#: Files written once per run.
-RUN_FILES = ("results.json", "results.csv", "report.html")
-#: results.json / results.csv are rewritten at least this often (seconds) while predicting, and on
-#: every way out (end, failure, Ctrl+C), so a run stopped midway keeps the results it has.
-FLUSH_SECONDS = 2.0
-#: ... or less often in large runs, so that rewriting them stays under this share of the run's time.
-FLUSH_MAX_SHARE = 0.05
-# Errors that concern one output file name (too long, bytes the file system refuses, a folder in the
-# way): that image fails, the run goes on. Any other write error (disk full, read-only) stops the run.
-_NAME_ERRNOS = frozenset({errno.ENAMETOOLONG, errno.EILSEQ, errno.EINVAL, errno.EISDIR, errno.ENOTDIR})
-_tmp_counter = itertools.count()
+# The library's names, re-exported: this module was their home before forgeloc.inference.batch.
+from forgeloc.data.files import expand_inputs
+from forgeloc.inference.batch import CSV_COLUMNS, FLUSH_MAX_SHARE, FLUSH_SECONDS, BatchPlan, BatchPrediction
+from forgeloc.inference.outputs import OUTPUT_SUFFIXES, RUN_FILES, output_files, output_stems
 
-
-def expand_inputs(inputs: list[str], recursive: bool = False) -> tuple[list[Path], list[tuple[str, str]]]:
-    """Files to predict on, in order and without duplicates, and ``(input, problem)`` pairs.
-
-    A folder contributes its files with an image extension (sorted; sub-folders only with
-    ``recursive``); a pattern with ``* ? [`` is expanded here (``**`` spans folders), for shells
-    that do not expand it; a file named explicitly is always tried, whatever its extension.
-    """
-    from forgeloc.data.datasets import broken_link
-    from forgeloc.data.io import IMAGE_EXTENSIONS
-
-    files: list[Path] = []
-    problems: list[tuple[str, str]] = []
-    seen: set[Path] = set()
-
-    def add(path: Path) -> None:
-        key = path.resolve()
-        if key not in seen:
-            seen.add(key)
-            files.append(path)
-
-    def add_folder(folder: Path) -> int:
-        walker = folder.rglob("*") if recursive else folder.iterdir()
-        found = 0
-        for p in sorted(walker):
-            if p.suffix.lower() not in IMAGE_EXTENSIONS or any(
-                    part.startswith(".") for part in p.relative_to(folder).parts):
-                continue
-            if p.is_file():
-                add(p)
-                found += 1
-            elif (why := broken_link(p)) is not None:
-                problems.append((str(p), why))  # a dangling or looping link: said, not skipped silently
-                found += 1
-        return found
-
-    for item in inputs:
-        path = Path(item).expanduser()
-        if path.is_dir():
-            if not add_folder(path):
-                problems.append((item, "folder holds no image file" + ("" if recursive else " (try --recursive)")))
-        elif path.exists():
-            add(path)
-        elif (why := broken_link(path)) is not None:
-            problems.append((item, why))
-        elif _GLOB_CHARS & set(item):
-            matches = sorted(glob.glob(os.path.expanduser(item), recursive=True))
-            if not matches:
-                problems.append((item, "no file matches this pattern"))
-            for m in matches:
-                mp = Path(m)
-                if mp.is_dir():
-                    add_folder(mp)
-                elif (why := broken_link(mp)) is not None:
-                    problems.append((m, why))
-                else:
-                    add(mp)
-        else:
-            problems.append((item, "file not found"))
-    return files, problems
-
-
-def output_files(out: Path, stem: str) -> dict[str, Path]:
-    """The per-image files written for an input with output stem ``stem``."""
-    return {kind: out / f"{stem}{suffix}" for kind, suffix in OUTPUT_SUFFIXES.items()}
+__all__ = [
+    "CSV_COLUMNS", "FLUSH_MAX_SHARE", "FLUSH_SECONDS", "OUTPUT_SUFFIXES", "RUN_FILES", "check_output_folder",
+    "expand_inputs", "output_files", "output_stems", "parse_cues", "predict",
+]
 
 
 def _ancestor_file(path: Path) -> Path | None:
@@ -122,7 +44,7 @@ def check_output_folder(out: Path, option: str = "--out", create: bool = True) -
     if out.exists() and not out.is_dir():
         fail(f"{option} {out} is a file, not a folder")
     if out.is_symlink() and not out.exists():
-        from forgeloc.data.datasets import broken_link
+        from forgeloc.data.files import broken_link
 
         fail(f"{option} {out}: {broken_link(out)}")
     blocker = _ancestor_file(out)
@@ -145,114 +67,7 @@ def check_output_folder(out: Path, option: str = "--out", create: bool = True) -
             probe.unlink(missing_ok=True)
 
 
-def _identity(path: Path) -> tuple[int, int] | None:
-    try:
-        st = os.stat(path)
-    except (OSError, ValueError):
-        return None
-    return st.st_dev, st.st_ino
-
-
-def input_collisions(out: Path, files: list[Path], stems: list[str]) -> list[tuple[Path, Path]]:
-    """``(output file, input file)`` pairs where an output of this run would replace an input.
-
-    Compared by file identity (device, inode), so links, ``..`` and case-folding file systems
-    cannot hide a collision.
-    """
-    inputs: dict[tuple[int, int], Path] = {}
-    for p in files:
-        ident = _identity(p)
-        if ident is not None:
-            inputs.setdefault(ident, p)
-    planned = [f for stem in stems for f in output_files(out, stem).values()] + [out / n for n in RUN_FILES]
-    clashes = []
-    for target in planned:
-        ident = _identity(target)
-        if ident is not None and ident in inputs:
-            clashes.append((target, inputs[ident]))
-    return clashes
-
-
-def foreign_existing_outputs(out: Path, files: list[Path], stems: list[str]) -> list[Path]:
-    """Existing files this run will replace that are not outputs of the same image in the folder's
-    previous ``results.json`` (a previous run's outputs of *another* image, or someone else's files)."""
-    previous: dict[str, str] = {}
-    try:
-        payload = json.loads((out / "results.json").read_text(encoding="utf-8"))
-        for row in payload.get("results", []):
-            for written in (row.get("files") or {}).values():
-                previous[os.path.realpath(written)] = os.path.realpath(row.get("path", ""))
-    except (OSError, ValueError, AttributeError, TypeError):
-        previous = {}
-    foreign = []
-    for path, stem in zip(files, stems, strict=True):
-        source = os.path.realpath(path)
-        for target in output_files(out, stem).values():
-            if os.path.lexists(target) and previous.get(os.path.realpath(target)) != source:
-                foreign.append(target)
-    return foreign
-
-
-def _write_replacing(path: Path, data: bytes) -> None:
-    """Write ``data`` to a short temporary name in the same folder, then rename it over ``path``:
-    a failure leaves no partial file, and a link at ``path`` is replaced, never written through."""
-    tmp = path.parent / f".forgeloc-{os.getpid()}-{next(_tmp_counter)}.tmp"
-    try:
-        with open(tmp, "wb") as fh:
-            fh.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            tmp.unlink(missing_ok=True)
-        raise
-
-
-class _OutputFolderError(Exception):
-    """A write error that concerns the output folder, not one file name: the run stops."""
-
-
-def output_stems(paths: list[Path]) -> list[str]:
-    """One distinct output stem per input: its own stem, or ``<folder>_<stem>`` when several inputs
-    share a stem (e.g. ``a/x.png`` and ``b/x.png``), then ``-2``, ``-3`` ... if still ambiguous."""
-    counts = Counter(p.stem for p in paths)
-    wanted = []
-    for p in paths:
-        stem = p.stem or p.name
-        if counts[p.stem] > 1:
-            parent = p.resolve().parent.name
-            stem = f"{parent}_{stem}" if parent else stem
-            # x.png and x.jpg in one folder still collide: keep the extension too.
-            if sum(1 for q in paths if q.stem == p.stem and q.resolve().parent == p.resolve().parent) > 1:
-                stem = f"{stem}_{p.suffix.lstrip('.').lower()}"
-        wanted.append(stem)
-    used: set[str] = set()
-    stems = []
-    for stem in wanted:
-        candidate, n = stem, 2
-        while candidate.lower() in used:  # case-insensitive: macOS/Windows file systems fold case
-            candidate = f"{stem}-{n}"
-            n += 1
-        used.add(candidate.lower())
-        stems.append(candidate)
-    return stems
-
-
-def _write_tables(out: Path, rows: list[dict[str, Any]], failures: list[dict[str, Any]], info: dict[str, Any]) -> None:
-    from forgeloc.io import atomic_write
-
-    payload = {"info": info, "results": rows, "failures": failures}
-    atomic_write(out / "results.json", lambda tmp: tmp.write_text(json.dumps(payload, indent=2), encoding="utf-8"))
-
-    def write_csv(tmp: Path) -> None:
-        with open(tmp, "w", newline="", encoding="utf-8") as fh:
-            writer = csv.DictWriter(fh, fieldnames=CSV_COLUMNS, extrasaction="ignore")
-            writer.writeheader()
-            for row in rows:
-                writer.writerow({**row, **row.get("files", {})})
-
-    atomic_write(out / "results.csv", write_csv)
-
-
+# Long only by its option declarations (typer reads them from the signature); the body is named steps.
 def predict(
     inputs: list[str] = typer.Argument(..., help="Image files, folders and/or glob patterns.", show_default=False),
     detector: str = typer.Option(
@@ -299,11 +114,36 @@ def predict(
     For compatibility, a first argument that is a checkpoint (a folder with config.json or
     model.safetensors, or a .safetensors/.pth file) is taken as --detector.
     """
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+    _check_options(mode, amp, max_pixels, threshold, device)
+    if threads is not None:
+        import torch
 
-    from forgeloc.data.io import DEFAULT_MAX_PIXELS
-    from forgeloc.inference.predictor import MODES, Prediction, PredictionFailure, load
-    from forgeloc.io import CheckpointError
+        torch.set_num_threads(threads)
+    if inputs and detector == "default" and _looks_like_checkpoint(inputs[0]) and len(inputs) > 1:
+        detector, inputs = inputs[0], inputs[1:]
+    cue_names = parse_cues(cues)
+    fuse_names = parse_cues(fuse)
+    check_output_folder(out, create=False)
+    plan = BatchPlan.from_inputs(inputs, out, recursive)
+    _refuse_input_collisions(plan)  # before the model is loaded: a mistake costs no waiting
+    load_options = {"threshold": threshold, "device": device, "amp": None if amp == "none" else amp,
+                    "max_pixels": max_pixels, "tile_overlap": tile_overlap, "cues": cue_names, "fuse": fuse_names}
+    predictor = _load_predictor(detector, model, load_options)
+    check_output_folder(out)
+    _warn_foreign_outputs(plan)
+    console.print(f"{predictor.label}\n{len(plan.files)} image(s) → {out}", highlight=False, markup=False)
+    # The flush settings are read here, at call time, so that tests can shorten them on this module.
+    run = BatchPrediction(predictor, plan, mode=mode, batch_size=batch_size, report=report, command=sys.argv,
+                          flush_seconds=FLUSH_SECONDS, flush_max_share=FLUSH_MAX_SHARE)
+    _run_with_progress(run)
+    _print_summary(out, len(run.summary.rows), run.summary.failures, report)
+    if run.summary.failures:
+        raise typer.Exit(1)
+
+
+def _check_options(mode: str, amp: str | None, max_pixels: int | None, threshold: float | None,
+                   device: str | None) -> None:
+    from forgeloc.inference.predictor import MODES
 
     if mode not in MODES:
         fail(f"--mode must be one of {', '.join(MODES)}, not {mode!r}")
@@ -312,148 +152,80 @@ def predict(
     if max_pixels is not None and max_pixels < 1:
         fail(f"--max-pixels must be a positive number of pixels, got {max_pixels}")
     check_threshold_and_device(threshold, device)
-    if threads is not None:
-        import torch
 
-        torch.set_num_threads(threads)
-    if inputs and detector == "default" and _looks_like_checkpoint(inputs[0]) and len(inputs) > 1:
-        detector, inputs = inputs[0], inputs[1:]
-    cue_names = _parse_cues(cues)
-    fuse_names = _parse_cues(fuse)
-    check_output_folder(out, create=False)
-    files, problems = expand_inputs(inputs, recursive)
-    stems = output_stems(files)
-    clashes = input_collisions(out, files, stems)
+
+def _refuse_input_collisions(plan: BatchPlan) -> None:
+    clashes = plan.input_collisions()
     if clashes:
         target, source = clashes[0]
         more = f" (and {len(clashes) - 1} more)" if len(clashes) > 1 else ""
-        fail(f"--out {out} would overwrite the input file {source} (an output of this run is named "
+        fail(f"--out {plan.out} would overwrite the input file {source} (an output of this run is named "
              f"{target.name}){more}; write the results to another folder")
+
+
+def _load_predictor(detector: str, model: str | None, options: dict[str, Any]) -> Any:
+    """The predictor for ``--detector`` (and ``--model``); options left unset keep the loader's defaults."""
+    from forgeloc.data.io import DEFAULT_MAX_PIXELS
+    from forgeloc.inference.predictor import load
+    from forgeloc.io import CheckpointError
+
+    optional = {k: options.pop(k) for k in ("tile_overlap", "cues", "fuse")}
+    options["max_pixels"] = options["max_pixels"] or DEFAULT_MAX_PIXELS
+    options.update({k: v for k, v in optional.items() if v is not None})
     try:
-        predictor = load(
-            detector if model is None else model, None if model is None else detector, threshold=threshold,
-            device=device, amp=None if amp == "none" else amp, max_pixels=max_pixels or DEFAULT_MAX_PIXELS,
-            **({} if tile_overlap is None else {"tile_overlap": tile_overlap}),
-            **({} if cue_names is None else {"cues": cue_names}),
-            **({} if fuse_names is None else {"fuse": fuse_names}),
-        )
+        return load(detector if model is None else model, None if model is None else detector, **options)
     except (CheckpointError, FileNotFoundError, ValueError) as err:
         fail(str(err))
-    check_output_folder(out)
-    foreign = foreign_existing_outputs(out, files, stems)
+
+
+def _warn_foreign_outputs(plan: BatchPlan) -> None:
+    foreign = plan.foreign_outputs()
     if foreign:
         shown = ", ".join(p.name for p in foreign[:5]) + (f" and {len(foreign) - 5} more" if len(foreign) > 5 else "")
-        console.print(f"[yellow]warning:[/yellow] {len(foreign)} existing file(s) in {out} that are not earlier "
+        console.print(f"[yellow]warning:[/yellow] {len(foreign)} existing file(s) in {plan.out} that are not earlier "
                       f"outputs of the same images will be replaced: {shown}", highlight=False, soft_wrap=True)
-    failures = [{"name": Path(item).name, "path": item, "error": why} for item, why in problems]
-    rows: list[dict[str, Any]] = []
-    entries = []
-    if report:
-        from forgeloc.inference.report import report_entry
 
-    info = {k: v for k, v in predictor.describe().items() if v is not None}
-    info["mode"] = mode
-    console.print(f"{predictor.label}\n{len(files)} image(s) → {out}", highlight=False, markup=False)
+
+def _run_with_progress(run: BatchPrediction) -> None:
+    """Run the batch under a progress bar; a stopped run ends the command the way its cause asks
+    (Ctrl+C: exit 130; the output folder failing: a one-line error; anything else: raised again)."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from forgeloc.inference.batch import ResultsNotSavedError
+
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
-    processed = 0
-    last_flush, flush_every = time.monotonic(), FLUSH_SECONDS
-    error: BaseException | None = None
     try:
         with Progress(*columns, console=console, transient=False) as progress:
-            task = progress.add_task("predicting", total=len(files))
-            results = predictor.iter_predict(
-                files, batch_size=batch_size, mode=mode, skip_errors=True, names=[p.name for p in files]
-            )
-            for path, stem, result in zip(files, stems, results, strict=True):
-                if isinstance(result, PredictionFailure):
-                    failures.append({**result.to_dict(), "path": str(path)})
-                    progress.console.print(f"[red]skipped[/red] {path}: {result.error}", highlight=False)
-                else:
-                    assert isinstance(result, Prediction)
-                    try:
-                        saved, overlay = _write_image_outputs(result, out, stem)
-                    except OSError as err:
-                        if err.errno not in _NAME_ERRNOS:
-                            raise _OutputFolderError(f"cannot write into {out}: {err.strerror or err}") from err
-                        why = (f"its output files cannot be written: {err.strerror or err} "
-                               f"({output_files(out, stem)['heatmap'].name})")
-                        failures.append({"name": path.name, "path": str(path), "error": why})
-                        progress.console.print(f"[red]skipped[/red] {path}: {why}", highlight=False)
-                    else:
-                        rows.append({**result.to_dict(), "path": str(path), "files": saved})
-                        if report:
-                            entries.append(report_entry(result, overlay=overlay, files=saved, name=result.name,
-                                                        requested_mode=mode, input_size=predictor.input_size))
-                processed += 1
+            task = progress.add_task("predicting", total=len(run.plan.files))
+
+            def on_result(item: Any) -> None:
+                if item.failure is not None:
+                    progress.console.print(f"[red]skipped[/red] {item.path}: {item.failure['error']}", highlight=False)
                 progress.advance(task)
-                if time.monotonic() - last_flush >= flush_every:
-                    started = time.monotonic()
-                    try:
-                        _write_tables(out, rows, failures, {**info, "complete": False, "processed": processed,
-                                                            "total": len(files)})
-                    except OSError as err:
-                        raise _OutputFolderError(f"cannot write into {out}: {err.strerror or err}") from err
-                    last_flush = time.monotonic()
-                    flush_every = max(FLUSH_SECONDS, (last_flush - started) / FLUSH_MAX_SHARE)
-    except BaseException as err:  # every way out keeps the results; re-raised below
-        error = err
 
-    stopped = _stopped_reason(error)
-    info.update({"complete": error is None, "processed": processed, "total": len(files)})
-    if stopped:
-        info["stopped"] = stopped
-    try:
-        _write_tables(out, rows, failures, info)
-        if report:
-            _write_report(out, entries, info, failures, mode)
-    except OSError as werr:
-        if error is None:
-            fail(f"cannot write the results into {out}: {werr.strerror or werr}", code=1)
-        console.print(f"[bold red]could not save the results table either:[/bold red] {werr}", highlight=False)
-    if error is not None:
-        where = f"{len(rows)} image(s) predicted; results so far in {out / 'results.json'}"
-        if isinstance(error, KeyboardInterrupt):
-            console.print(f"[bold red]interrupted[/bold red] after {processed} of {len(files)} input(s); {where}",
-                          highlight=False)
-            raise typer.Exit(130)
-        if isinstance(error, _OutputFolderError):
-            fail(f"{error}; stopped after {processed} of {len(files)} input(s); {where}", code=1)
-        console.print(f"[bold red]stopped by an error[/bold red] after {processed} of {len(files)} input(s); {where}",
+            run.on_result = on_result
+            run.run()
+    except ResultsNotSavedError as err:
+        fail(str(err), code=1)
+    except BaseException as error:  # Ctrl+C included: the results are saved by now; say how it ended
+        _report_stop(run, error)
+
+
+def _report_stop(run: BatchPrediction, error: BaseException) -> None:
+    from forgeloc.inference.batch import OutputFolderError
+
+    if run.save_error is not None:
+        console.print(f"[bold red]could not save the results table either:[/bold red] {run.save_error}",
                       highlight=False)
-        raise error
-    _print_summary(out, len(rows), failures, report)
-    if failures:
-        raise typer.Exit(1)
-
-
-def _write_image_outputs(result: Any, out: Path, stem: str) -> tuple[dict[str, str], Any]:
-    """Write one image's heatmap, overlay and mask PNGs; return their paths and the overlay (the
-    report reuses it). On a write error the files already written are removed (no half set of
-    outputs for an image reported as failed) and the OSError propagates."""
-    from forgeloc.inference.visualize import encode_png
-
-    overlay = result.overlay()
-    images = {"heatmap": result.heatmap_rgb(), "overlay": overlay, "mask": result.mask_uint8()}
-    targets = output_files(out, stem)
-    written: list[Path] = []
-    try:
-        for kind, target in targets.items():
-            _write_replacing(target, encode_png(images[kind]))
-            written.append(target)
-    except OSError:
-        for done in written:
-            with contextlib.suppress(OSError):
-                done.unlink(missing_ok=True)
-        raise
-    return {kind: str(target) for kind, target in targets.items()}, overlay
-
-
-def _stopped_reason(error: BaseException | None) -> str | None:
+    done = f"after {run.processed} of {len(run.plan.files)} input(s)"
+    where = f"{len(run.summary.rows)} image(s) predicted; results so far in {run.out / 'results.json'}"
     if isinstance(error, KeyboardInterrupt):
-        return "interrupted (Ctrl+C)"
-    if error is None:
-        return None
-    return str(error) if isinstance(error, _OutputFolderError) else f"{type(error).__name__}: {error}"
+        console.print(f"[bold red]interrupted[/bold red] {done}; {where}", highlight=False)
+        raise typer.Exit(130)
+    if isinstance(error, OutputFolderError):
+        fail(f"{error}; stopped {done}; {where}", code=1)
+    console.print(f"[bold red]stopped by an error[/bold red] {done}; {where}", highlight=False)
+    raise error
 
 
 def _print_summary(out: Path, n_predicted: int, failures: list[dict[str, Any]], report: bool) -> None:
@@ -467,26 +239,6 @@ def _print_summary(out: Path, n_predicted: int, failures: list[dict[str, Any]], 
             console.print(f"  {f['path']}: {f['error']}", highlight=False, soft_wrap=True)
 
 
-def _write_report(out: Path, entries: list, info: dict[str, Any], failures: list[dict[str, Any]], mode: str) -> None:
-    from forgeloc.inference.predictor import PredictionFailure
-    from forgeloc.inference.report import render_report
-
-    shown = {
-        "model": info.get("model"),
-        "checkpoint": info.get("checkpoint"),
-        "threshold": info.get("threshold"),
-        "image score": info.get("image_score"),
-        "model input": f"{info.get('input_size')} px (trained with {info.get('input_mode')})",
-        "prediction mode": mode + (f": {info.get('auto_rule')}" if mode == "auto" else ""),
-        "output folder": str(out),
-    }
-    if info.get("stopped"):
-        shown["stopped"] = f"{info['stopped']} after {info.get('processed')} of {info.get('total')} input(s)"
-    html = render_report(entries, shown, [PredictionFailure(f["name"], f["path"], f["error"]) for f in failures],
-                         describe=info, command=sys.argv, files_base=out)
-    _write_replacing(out / "report.html", html.encode("utf-8"))
-
-
 def _looks_like_checkpoint(item: str) -> bool:
     """A run/checkpoint folder or a weights file (the old ``forgeloc predict CHECKPOINT INPUTS`` form)."""
     path = Path(item)
@@ -495,7 +247,9 @@ def _looks_like_checkpoint(item: str) -> bool:
     return path.is_file() and path.suffix.lower() in (".safetensors", ".pth", ".pt", ".bin", ".ckpt")
 
 
-def _parse_cues(text: str | None) -> list[str] | None:
+def parse_cues(text: str | None) -> list[str] | None:
+    """``--cues`` / ``--fuse``: detector names, comma-separated (``all`` for every one); a one-line
+    error names unknown ones."""
     from forgeloc.detectors import CUES
 
     if text is None:

@@ -11,6 +11,7 @@ import typer
 from forgeloc.cli.common import fail, parse_named
 
 
+# Long only by its option declarations (typer reads them from the signature).
 def robustness(
     checkpoint: list[str] = typer.Option(
         ..., "--checkpoint", "-k",

@@ -33,7 +33,10 @@ def serve(
     Uploads are analysed in memory and never stored.
     Examples: forgeloc serve  |  forgeloc serve runs/quickstart --port 8000
     """
-    from forgeloc.cli.predict import _parse_cues
+    from forgeloc.extras import require
+
+    require("serve", "forgeloc serve", "fastapi", "uvicorn")  # before the model is loaded: fail fast
+    from forgeloc.cli.predict import parse_cues
     from forgeloc.inference.predictor import load
     from forgeloc.inference.server import serve as run_server
     from forgeloc.io import CheckpointError
@@ -42,7 +45,7 @@ def serve(
         import torch
 
         torch.set_num_threads(threads)
-    cue_names = _parse_cues(cues)
+    cue_names = parse_cues(cues)
     if max_upload_mb <= 0:
         fail("--max-upload-mb must be positive")
     check_threshold_and_device(threshold, device)

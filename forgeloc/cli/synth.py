@@ -32,6 +32,7 @@ def _pair(text: str, name: str, cast: type) -> tuple:
     return values
 
 
+# Long only by its option declarations (typer reads them from the signature).
 def synth(
     out: Path | None = typer.Option(
         None, "--out", "-o", help="Output folder (images/, masks/, dataset.json, manifest.json)."
@@ -67,7 +68,7 @@ def synth(
 
     Example: [bold]forgeloc synth --out data/synth --n 200 --seed 0[/bold]
     """
-    from forgeloc.data.synth import AUTHENTIC, SynthError, bundled_photo_names, synthesize
+    from forgeloc.data.synth import SynthError, bundled_photo_names, synthesize
 
     if list_photos:
         console.print("\n".join(bundled_photo_names()))
@@ -92,6 +93,14 @@ def synth(
         raise typer.Exit(2) from err
     seconds = time.perf_counter() - start
 
+    console.print(_summary_table(dataset, seconds))
+    console.print(f"wrote {dataset} (JSON list, paths relative to {dataset.parent}) and manifest.json")
+
+
+def _summary_table(dataset: Path, seconds: float) -> Table:
+    """Images per type with their mean tampered share, JPEG and resized counts, from manifest.json."""
+    from forgeloc.data.synth import AUTHENTIC
+
     manifest = json.loads((dataset.parent / "manifest.json").read_text())
     samples = manifest["samples"]
     table = Table(title=f"{len(samples)} images in {seconds:.1f} s ({manifest['photo_source']})")
@@ -105,8 +114,7 @@ def synth(
             str(sum(s["jpeg_quality"] is not None for s in rows)),
             str(sum(s["resize_factor"] is not None for s in rows)),
         )
-    console.print(table)
-    console.print(f"wrote {dataset} (JSON list, paths relative to {dataset.parent}) and manifest.json")
+    return table
 
 
 def _realistic(out: Path, n: int, seed: int, photos: Path | None, size: int, workers: int) -> None:
@@ -114,15 +122,16 @@ def _realistic(out: Path, n: int, seed: int, photos: Path | None, size: int, wor
     from collections import Counter
 
     from forgeloc.cli.common import fail
+    from forgeloc.data.files import list_folder
     from forgeloc.data.io import IMAGE_EXTENSIONS
     from forgeloc.data.realsynth import RealSynthConfig, synthesize_real
 
     if photos is None or not photos.is_dir():
         fail("--realistic needs --photos FOLDER of real photographs (e.g. `forgeloc corpus build --out DIR`, "
              "then --photos DIR/photos)")
-    files = sorted(p for p in photos.iterdir() if p.is_file())
-    paths = [p for p in files if p.suffix.lower() in IMAGE_EXTENSIONS]
-    skipped = [p.name for p in files if p.suffix.lower() not in IMAGE_EXTENSIONS]
+    listing = list_folder(photos, skip=None)
+    paths = listing.images
+    skipped = [p.name for p in listing.others]
     if skipped:  # e.g. a corpus's .pgm camera frames: said, not silently dropped
         console.print(f"skipped {len(skipped)} file(s) whose type --realistic does not read "
                       f"({', '.join(sorted(IMAGE_EXTENSIONS))}): {', '.join(skipped[:8])}"

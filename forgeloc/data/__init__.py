@@ -1,9 +1,11 @@
 """Data layer: reading images and masks, dataset formats, per-sample transforms, dataset checks.
 
 Submodules: :mod:`~forgeloc.data.io` (readers), :mod:`~forgeloc.data.datasets` (formats, records,
-PyTorch datasets), :mod:`~forgeloc.data.transforms` (augmentation, resize/pad, normalisation),
-:mod:`~forgeloc.data.check` (``forgeloc data check/convert``). The names below are re-exported
-lazily, so ``import forgeloc.data.io`` does not import albumentations.
+PyTorch datasets), :mod:`~forgeloc.data.transforms` (augmentation, resize/pad),
+:mod:`~forgeloc.data.normalization` (ImageNet normalisation, all that prediction needs),
+:mod:`~forgeloc.data.check` (``forgeloc data check/convert``), :mod:`~forgeloc.data.files` (the one
+image-folder walker). The names below are re-exported lazily, so ``import forgeloc.data.io`` does
+not import albumentations.
 """
 
 from __future__ import annotations
@@ -20,11 +22,10 @@ _EXPORTS = {
         "NEGATIVE", "BalancedDataset", "DatasetError", "ForgeryDataset", "Problem", "Record", "list_images",
         "load_records", "open_dataset", "scan_records",
     ),
-    "transforms": (
-        "IMAGENET_MEAN", "IMAGENET_STD", "Augmentations", "SampleTransform", "augmentation_preset",
-        "build_augmentations", "denormalize", "edge_mask", "normalize",
-    ),
+    "normalization": ("IMAGENET_MEAN", "IMAGENET_STD", "denormalize", "normalize"),
+    "transforms": ("Augmentations", "SampleTransform", "augmentation_preset", "build_augmentations", "edge_mask"),
     "check": ("DatasetReport", "check_dataset", "convert_to_json"),
+    "files": ("FolderListing", "broken_link", "expand_inputs", "list_folder"),
 }
 _WHERE = {name: module for module, names in _EXPORTS.items() for name in names}
 

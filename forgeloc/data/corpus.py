@@ -830,17 +830,7 @@ def build_corpus(
     say = progress or (lambda _msg: None)
     out = Path(out)
     extras = [Path(e) for e in extra]
-    if write_package_manifest is not None and extras:
-        raise CorpusError("the package manifest documents a corpus anyone can rebuild: leave out --extra folders")
-    for e in extras:
-        if not e.is_dir():
-            raise CorpusError(f"--extra {e}: not a folder")
-    known = {s.name for s in SOURCES}
-    if sources is not None:
-        unknown = sorted(set(sources) - known)
-        if unknown:
-            raise CorpusError(f"unknown source(s) {unknown}; known: {', '.join(s.name for s in SOURCES)}")
-    selected = [s for s in SOURCES if sources is None or s.name in sources]
+    selected = _selected_sources(sources, extras, write_package_manifest)
 
     out.mkdir(parents=True, exist_ok=True)
     photos_dir = out / "photos"
@@ -853,108 +843,18 @@ def build_corpus(
 
     candidates: list[_Candidate] = []
     with tempfile.TemporaryDirectory(prefix=".staging-", dir=out) as staging_dir:
-        staging = Path(staging_dir)
         for rank, src in enumerate(selected):
-            examined = src.root if src.kind == "deb" else f"{src.module}/{src.root}"
-            info: dict[str, Any] = {"name": src.name, "kind": src.kind, "examined": examined, "note": src.note}
-            report.sources.append(info)
-            try:
-                tree = _open_deb_source(src, fetcher, staging) if src.kind == "deb" else _open_python_source(src)
-            except CorpusError as err:
-                info.update(status="unavailable", error=str(err))
-                report.errors.append(f"{src.name}: {err}")
-                continue
-            if tree is None:
-                why = ("skipped: no .deb in --debs and downloads are off (--no-download)" if src.kind == "deb"
-                       else f"unavailable ({src.module} is not installed)")
-                info["status"] = why
-                report.warnings.append(f"{src.name}: {why}")
-                continue
-            root_rel = examined
-            info.update(version=tree.version, origin=tree.origin)
-            if src.kind == "python":
-                info["copyright_licences"] = "per photo (the notes in the package's data docstrings)"
-            if tree.deb is not None:
-                info["deb_sha256"] = _sha256(tree.deb)
-            chosen, excluded, warnings = _select(src, tree.files, root_rel)
-            report.source_warnings.extend(warnings)
-            if src.kind == "deb":
-                wanted = {f for f, *_ in chosen}
-                if src.kde_metadata:
-                    wanted |= {_kde_metadata_path(f) for f in wanted}
-                try:
-                    _materialize(tree, src.name, wanted)
-                except CorpusError as err:
-                    info.update(status="unavailable", error=str(err))
-                    report.errors.append(f"{src.name}: {err}")
-                    continue
-                if tree.licence_file:
-                    info["licence_file"] = tree.licence_file
-                    info["copyright_licences"] = " / ".join(tree.copyright.licences) if tree.copyright else ""
-            source_cands = []
-            for path, name, group, rule in chosen:
-                licence = getattr(rule, "licence", None) or _licence(tree, src, path, root_rel)
-                c = _Candidate(src.name, rank, tree.version, path, tree.base / path, name, group, licence)
-                if isinstance(rule, Frames):
-                    c.extra_fields["note"] = f"frame of the camera sequence {root_rel}/{rule.pattern}"
-                elif rule.note:
-                    c.extra_fields["note"] = rule.note
-                if src.kde_metadata:
-                    c.extra_fields.update(_kde_metadata(tree.base / _kde_metadata_path(path)))
-                source_cands.append(c)
-            _measure_all(source_cands, excluded)
-            for e in excluded:
-                e["source"] = src.name
-            report.excluded.extend(excluded)
-            candidates.extend(source_cands)
-            has_photos = bool(src.keep or src.frames)
-            info["status"] = "used" if has_photos else _NO_PHOTOS
-            say(f"{src.name} {tree.version}: {len(source_cands)} candidate(s), "
-                f"{sum(e.get('count', 1) for e in excluded)} left out")
-
+            candidates.extend(_source_candidates(rank, src, fetcher, Path(staging_dir), report, say))
         for i, folder in enumerate(extras):
-            name = _extra_name(folder, extras[:i])
-            files = _walk(folder)
-            info = {"name": name, "kind": "extra", "examined": str(folder.resolve()), "status": "used",
-                    "version": "", "note": "user folder: every raster image kept"}
-            report.sources.append(info)
-            excluded = []
-            source_cands = []
-            for f in files:
-                suffix = PurePosixPath(f).suffix.lower()
-                if suffix in _RASTER:
-                    stem = str(PurePosixPath(f).with_suffix(""))
-                    source_cands.append(_Candidate(name, len(selected) + i, "", f, folder / f, stem, None,
-                                                   "user-supplied (unknown)"))
-                elif suffix in _OTHER_IMAGES:
-                    excluded.append({"path": f, "reason": "vector, animated or unsupported image format"})
-            _measure_all(source_cands, excluded)
-            for e in excluded:
-                e["source"] = name
-            report.excluded.extend(excluded)
-            candidates.extend(source_cands)
-
+            candidates.extend(_extra_candidates(folder, extras[:i], len(selected) + i, report))
         report.warnings[:0] = report.source_warnings
         kept = _deduplicate(candidates, report)
         _assign_names(kept)
         _write_photos(kept, out, photos_dir, report)
 
-    # Per-source counts, verification, manifest.
-    for info in report.sources:
-        n = info["name"]
-        info["photos"] = sum(p["source"] == n for p in report.photos)
-        info["megapixels"] = round(sum(p["width"] * p["height"] for p in report.photos if p["source"] == n) / 1e6, 3)
-        info["excluded"] = sum(e.get("count", 1) for e in report.excluded if e["source"] == n)
-        info["duplicates"] = sum(d["source"] == n for d in report.duplicates)
+    _count_per_source(report)
     report.verification = _verify(report, ref, Path(reference) if reference is not None else None)
-    for m in report.verification.get("mismatches", []):
-        report.warnings.append(f"{m['file']}: sha256 differs from the committed manifest ({m['why']})")
-    missing: dict[str, list[str]] = {}
-    for m in report.verification.get("missing", []):
-        missing.setdefault(m["why"], []).append(m["file"])
-    for why, files in missing.items():
-        report.warnings.append(f"{len(files)} photo(s) of the committed manifest not rebuilt ({why}): "
-                               f"{', '.join(files[:3])}{' ...' if len(files) > 3 else ''}")
+    _warn_about_verification(report)
     manifest = _manifest(report)
     _write_json(out / "manifest.json", {**manifest, "verification": report.verification})
     if write_package_manifest is not None:
@@ -965,6 +865,130 @@ def build_corpus(
         else:
             _write_json(Path(write_package_manifest), manifest)
     return report
+
+
+def _selected_sources(sources: Sequence[str] | None, extras: list[Path],
+                      write_package_manifest: str | os.PathLike | None) -> list[Source]:
+    """The :data:`SOURCES` to build from; a :class:`CorpusError` for options that cannot work."""
+    if write_package_manifest is not None and extras:
+        raise CorpusError("the package manifest documents a corpus anyone can rebuild: leave out --extra folders")
+    for e in extras:
+        if not e.is_dir():
+            raise CorpusError(f"--extra {e}: not a folder")
+    known = {s.name for s in SOURCES}
+    if sources is not None:
+        unknown = sorted(set(sources) - known)
+        if unknown:
+            raise CorpusError(f"unknown source(s) {unknown}; known: {', '.join(s.name for s in SOURCES)}")
+    return [s for s in SOURCES if sources is None or s.name in sources]
+
+
+def _source_candidates(rank: int, src: Source, fetcher: _Fetcher, staging: Path, report: CorpusReport,
+                       say: Callable[[str], None]) -> list[_Candidate]:
+    """Open one package or Python source, select its photos and measure them; what went wrong is
+    recorded in ``report`` (the source then gives no candidate)."""
+    examined = src.root if src.kind == "deb" else f"{src.module}/{src.root}"
+    info: dict[str, Any] = {"name": src.name, "kind": src.kind, "examined": examined, "note": src.note}
+    report.sources.append(info)
+    try:
+        tree = _open_deb_source(src, fetcher, staging) if src.kind == "deb" else _open_python_source(src)
+    except CorpusError as err:
+        info.update(status="unavailable", error=str(err))
+        report.errors.append(f"{src.name}: {err}")
+        return []
+    if tree is None:
+        why = ("skipped: no .deb in --debs and downloads are off (--no-download)" if src.kind == "deb"
+               else f"unavailable ({src.module} is not installed)")
+        info["status"] = why
+        report.warnings.append(f"{src.name}: {why}")
+        return []
+    root_rel = examined
+    info.update(version=tree.version, origin=tree.origin)
+    if src.kind == "python":
+        info["copyright_licences"] = "per photo (the notes in the package's data docstrings)"
+    if tree.deb is not None:
+        info["deb_sha256"] = _sha256(tree.deb)
+    chosen, excluded, warnings = _select(src, tree.files, root_rel)
+    report.source_warnings.extend(warnings)
+    if src.kind == "deb":
+        wanted = {f for f, *_ in chosen}
+        if src.kde_metadata:
+            wanted |= {_kde_metadata_path(f) for f in wanted}
+        try:
+            _materialize(tree, src.name, wanted)
+        except CorpusError as err:
+            info.update(status="unavailable", error=str(err))
+            report.errors.append(f"{src.name}: {err}")
+            return []
+        if tree.licence_file:
+            info["licence_file"] = tree.licence_file
+            info["copyright_licences"] = " / ".join(tree.copyright.licences) if tree.copyright else ""
+    source_cands = [_candidate(src, rank, tree, root_rel, *item) for item in chosen]
+    _measure_all(source_cands, excluded)
+    for e in excluded:
+        e["source"] = src.name
+    report.excluded.extend(excluded)
+    info["status"] = "used" if (src.keep or src.frames) else _NO_PHOTOS
+    say(f"{src.name} {tree.version}: {len(source_cands)} candidate(s), "
+        f"{sum(e.get('count', 1) for e in excluded)} left out")
+    return source_cands
+
+
+def _candidate(src: Source, rank: int, tree: Any, root_rel: str, path: str, name: str, group: Any,
+               rule: Any) -> _Candidate:
+    licence = getattr(rule, "licence", None) or _licence(tree, src, path, root_rel)
+    c = _Candidate(src.name, rank, tree.version, path, tree.base / path, name, group, licence)
+    if isinstance(rule, Frames):
+        c.extra_fields["note"] = f"frame of the camera sequence {root_rel}/{rule.pattern}"
+    elif rule.note:
+        c.extra_fields["note"] = rule.note
+    if src.kde_metadata:
+        c.extra_fields.update(_kde_metadata(tree.base / _kde_metadata_path(path)))
+    return c
+
+
+def _extra_candidates(folder: Path, before: Sequence[Path], rank: int, report: CorpusReport) -> list[_Candidate]:
+    """Every raster image of a user's ``--extra`` folder; other image formats are left out with a reason."""
+    name = _extra_name(folder, before)
+    files = _walk(folder)
+    info = {"name": name, "kind": "extra", "examined": str(folder.resolve()), "status": "used",
+            "version": "", "note": "user folder: every raster image kept"}
+    report.sources.append(info)
+    excluded = []
+    source_cands = []
+    for f in files:
+        suffix = PurePosixPath(f).suffix.lower()
+        if suffix in _RASTER:
+            stem = str(PurePosixPath(f).with_suffix(""))
+            source_cands.append(_Candidate(name, rank, "", f, folder / f, stem, None, "user-supplied (unknown)"))
+        elif suffix in _OTHER_IMAGES:
+            excluded.append({"path": f, "reason": "vector, animated or unsupported image format"})
+    _measure_all(source_cands, excluded)
+    for e in excluded:
+        e["source"] = name
+    report.excluded.extend(excluded)
+    return source_cands
+
+
+def _count_per_source(report: CorpusReport) -> None:
+    for info in report.sources:
+        n = info["name"]
+        info["photos"] = sum(p["source"] == n for p in report.photos)
+        info["megapixels"] = round(sum(p["width"] * p["height"] for p in report.photos if p["source"] == n) / 1e6, 3)
+        info["excluded"] = sum(e.get("count", 1) for e in report.excluded if e["source"] == n)
+        info["duplicates"] = sum(d["source"] == n for d in report.duplicates)
+
+
+def _warn_about_verification(report: CorpusReport) -> None:
+    """A warning per photo whose sha256 differs from the committed manifest, one per reason photos are missing."""
+    for m in report.verification.get("mismatches", []):
+        report.warnings.append(f"{m['file']}: sha256 differs from the committed manifest ({m['why']})")
+    missing: dict[str, list[str]] = {}
+    for m in report.verification.get("missing", []):
+        missing.setdefault(m["why"], []).append(m["file"])
+    for why, files in missing.items():
+        report.warnings.append(f"{len(files)} photo(s) of the committed manifest not rebuilt ({why}): "
+                               f"{', '.join(files[:3])}{' ...' if len(files) > 3 else ''}")
 
 
 def _extra_name(folder: Path, before: Sequence[Path]) -> str:
@@ -1020,6 +1044,31 @@ def _deduplicate(cands: list[_Candidate], report: CorpusReport) -> list[_Candida
         report.duplicates.append({"source": c.source, "path": c.path, "width": c.width, "height": c.height,
                                   "format": c.format, "kept": f"{winner.source}:{winner.path}", "reason": reason})
 
+    survivors = _one_per_group(cands, drop)
+    clusters, distance = _duplicate_clusters(survivors)
+    n_bits = len(survivors[0].phash) if survivors else 0
+    kept: list[_Candidate] = []
+    for members in clusters:
+        members.sort(key=lambda i: survivors[i].rank())
+        w = members[0]
+        kept.append(survivors[w])
+        for i in members[1:]:
+            c = survivors[i]
+            if c.sha256 == survivors[w].sha256:
+                reason = "same file (identical bytes)"
+            else:
+                d = distance.get((min(i, w), max(i, w)))
+                d_text = f"hash distance {d}" if d is not None else "hash chain"
+                reason = (f"same picture by perceptual hash ({d_text} of {n_bits} bits; "
+                          f"kept {survivors[w].width}x{survivors[w].height} {survivors[w].format})")
+            drop(c, survivors[w], reason)
+    kept.sort(key=lambda c: (c.source_rank, c.path))
+    report.duplicates.sort(key=lambda d: (d["source"], d["path"]))
+    return kept
+
+
+def _one_per_group(cands: list[_Candidate], drop: Callable[[_Candidate, _Candidate, str], None]) -> list[_Candidate]:
+    """The best-ranked candidate of each keep-rule group, and every candidate of no group (sorted by source, path)."""
     survivors: list[_Candidate] = []
     groups: dict[str, list[_Candidate]] = {}
     for c in cands:
@@ -1034,8 +1083,12 @@ def _deduplicate(cands: list[_Candidate], report: CorpusReport) -> list[_Candida
             drop(c, members[0], f"same picture, other size or format (same allow-list entry; "
                                 f"kept {members[0].width}x{members[0].height} {members[0].format})")
     survivors.sort(key=lambda c: (c.source_rank, c.path))
+    return survivors
 
-    # Union-find over pairs with identical bytes or a near perceptual hash.
+
+def _duplicate_clusters(survivors: list[_Candidate]) -> tuple[list[list[int]], dict[tuple[int, int], int]]:
+    """Groups of indices joined by identical bytes or a near perceptual hash (union-find), and the
+    hash distance of each near pair."""
     parent = list(range(len(survivors)))
 
     def find(i: int) -> int:
@@ -1060,25 +1113,7 @@ def _deduplicate(cands: list[_Candidate], report: CorpusReport) -> list[_Candida
     clusters: dict[int, list[int]] = {}
     for i in range(len(survivors)):
         clusters.setdefault(find(i), []).append(i)
-    kept: list[_Candidate] = []
-    for members in clusters.values():
-        members.sort(key=lambda i: survivors[i].rank())
-        w = members[0]
-        kept.append(survivors[w])
-        for i in members[1:]:
-            c = survivors[i]
-            if c.sha256 == survivors[w].sha256:
-                reason = "same file (identical bytes)"
-            else:
-                pair = (min(i, w), max(i, w))
-                d = distance.get(pair)
-                d_text = f"hash distance {d}" if d is not None else "hash chain"
-                reason = (f"same picture by perceptual hash ({d_text} of {bits.shape[1]} bits; "
-                          f"kept {survivors[w].width}x{survivors[w].height} {survivors[w].format})")
-            drop(c, survivors[w], reason)
-    kept.sort(key=lambda c: (c.source_rank, c.path))
-    report.duplicates.sort(key=lambda d: (d["source"], d["path"]))
-    return kept
+    return list(clusters.values()), distance
 
 
 def _assign_names(kept: list[_Candidate]) -> None:

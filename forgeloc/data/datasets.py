@@ -17,19 +17,19 @@ Every problem in a source is collected and reported at once in one :class:`Datas
 
 from __future__ import annotations
 
-import errno
 import json
 import logging
 import os
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from forgeloc.data.files import is_hidden_or_system, list_folder
 from forgeloc.data.io import (
     DEFAULT_MAX_PIXELS,
     IMAGE_EXTENSIONS,
@@ -39,7 +39,9 @@ from forgeloc.data.io import (
     read_image,
     read_mask,
 )
-from forgeloc.data.transforms import SampleTransform
+
+if TYPE_CHECKING:  # imported on use: transforms needs albumentations (the train extra), listing files does not
+    from forgeloc.data.transforms import SampleTransform
 
 __all__ = [
     "MASK_SUFFIXES",
@@ -63,7 +65,6 @@ NEGATIVE = "Negative"
 #: Mask-name suffixes removed before pairing a mask with its image (compared case-insensitively).
 MASK_SUFFIXES = ("_gt", "-gt", "_mask", "-mask")
 #: Files that operating systems leave in folders; never treated as data.
-_IGNORED_NAMES = frozenset({"thumbs.db", "desktop.ini", "__macosx"})
 # How many problems a DatasetError message spells out; ``.problems`` always holds all of them.
 _MESSAGE_PROBLEMS = 100
 
@@ -128,26 +129,7 @@ class Record:
 # Helpers
 # --------------------------------------------------------------------------------------------------
 def _is_ignored(path: Path) -> bool:
-    return path.name.startswith(".") or path.name.lower() in _IGNORED_NAMES
-
-
-def broken_link(path: Path) -> str | None:
-    """Why ``path`` is a symbolic link that cannot be followed (dangling, looping), else ``None``."""
-    if not path.is_symlink():
-        return None
-    try:
-        os.stat(path)
-    except OSError as err:
-        try:
-            target = os.readlink(path)
-        except OSError:
-            target = "?"
-        if err.errno == errno.ELOOP:
-            return f"symbolic link loop (-> {target}): it never reaches a file"
-        if err.errno in (errno.ENOENT, errno.ENOTDIR):
-            return f"broken symbolic link: its target {target} does not exist"
-        return f"symbolic link to {target} cannot be followed ({err.strerror or err})"
-    return None
+    return is_hidden_or_system(path.name)
 
 
 def same_file_key(path: Path) -> str:
@@ -157,28 +139,18 @@ def same_file_key(path: Path) -> str:
 
 
 def _folder_images(folder: Path, problems: list[Problem], *, recursive: bool = False) -> list[Path]:
-    """Supported image files in ``folder`` (sorted); other non-hidden files are problems."""
+    """Supported image files in ``folder`` (sorted); every other visible entry is a problem."""
     if not folder.is_dir():
         problems.append(Problem(str(folder), "folder not found"))
         return []
-    entries = sorted(folder.rglob("*") if recursive else folder.iterdir())
-    files = []
-    for path in entries:
-        if any(_is_ignored(Path(part)) for part in path.relative_to(folder).parts):
-            continue
-        if path.is_dir():
-            continue
-        link_problem = broken_link(path)
-        if link_problem is not None:
-            problems.append(Problem(str(path), link_problem))
-            continue
-        if path.suffix.lower() not in IMAGE_EXTENSIONS:
-            problems.append(Problem(str(path), f"unsupported extension {path.suffix or '(none)'!r} "
-                                               f"(supported: {' '.join(sorted(IMAGE_EXTENSIONS))}); "
-                                               "convert it or move it out of the folder"))
-            continue
-        files.append(path)
-    return files
+    listing = list_folder(folder, recursive=recursive)
+    found = [(path, why) for path, why in listing.broken]
+    found += [(path, f"unsupported extension {path.suffix or '(none)'!r} (supported: "
+                     f"{' '.join(sorted(IMAGE_EXTENSIONS))}); convert it or move it out of the folder")
+              for path in listing.others]
+    found += [(path, "not a regular file (a pipe, socket or device)") for path in listing.special]
+    problems.extend(Problem(str(path), why) for path, why in sorted(found))  # in path order, as they were found
+    return listing.images
 
 
 def _strip_mask_suffix(stem: str) -> str | None:
@@ -288,93 +260,115 @@ def _resolve(base: Path, value: str) -> Path:
 
 
 def _scan_json(path: Path, problems: list[Problem], check_files: bool) -> list[Record]:
+    loaded = _read_json_list(path, problems)
+    if loaded is None:
+        return []
+    data, text = loaded
+    lines = _entry_lines(text)
+    records = []
+    seen: dict[str, Record] = {}
+    for i, entry in enumerate(data):
+        where = f"{path}:line {lines[i]}" if i < len(lines) else f"{path}:entry {i}"
+        record = _entry_record(entry, where, path.parent, check_files, problems)
+        if record is None:
+            continue
+        # The same file under two spellings (img/../img/0.png and img/0.png, a link) is one image.
+        # Without file checks (slow network file systems) the paths are only normalised as text.
+        key = same_file_key(record.image) if check_files else os.path.normcase(os.path.normpath(record.image))
+        if key in seen:
+            problems.append(_listed_again(seen[key], record, entry[0]))
+        seen.setdefault(key, record)
+        records.append(record)
+    return records
+
+
+def _read_json_list(path: Path, problems: list[Problem]) -> tuple[list, str] | None:
+    """The non-empty JSON list in ``path`` and its text, or None with the problem recorded."""
     try:
         text = path.read_text(encoding="utf-8-sig")
     except UnicodeDecodeError as err:
         problems.append(Problem(str(path), f"not UTF-8 text ({err.reason} at byte {err.start})"))
-        return []
+        return None
     except OSError as err:
         problems.append(Problem(str(path), f"cannot be read ({err.strerror or err})"))
-        return []
+        return None
     try:
         data = json.loads(text)
     except json.JSONDecodeError as err:
         problems.append(Problem(f"{path}:line {err.lineno}", f"invalid JSON: {err.msg} (column {err.colno})"))
-        return []
+        return None
     if not isinstance(data, list):
         problems.append(Problem(str(path), f"must be a JSON list of [image, mask_or_\"Negative\"] pairs, "
                                            f"found a {type(data).__name__}"
                                            + (" (a {name: path} mapping is a test-set config, not a "
                                               "dataset)" if isinstance(data, dict) else "")))
-        return []
+        return None
     if not data:
         problems.append(Problem(str(path), "the list is empty"))
-        return []
-    lines = _entry_lines(text)
-    base = path.parent
-    records = []
-    seen: dict[str, Record] = {}
-    for i, entry in enumerate(data):
-        where = f"{path}:line {lines[i]}" if i < len(lines) else f"{path}:entry {i}"
-        if not isinstance(entry, list) or len(entry) != 2:
-            problems.append(Problem(where, "entry must be a pair [image, mask_or_\"Negative\"], "
-                                           f"found {_short(entry)}"))
-            continue
-        image_value, mask_value = entry
-        bad = False
-        for what, value in (("image", image_value), ("mask", mask_value)):
-            if not isinstance(value, str):
-                hint = ' (authentic images use the string "Negative")' if what == "mask" and value is None else ""
-                problems.append(Problem(where, f"{what} must be a string path, found {_short(value)}{hint}"))
-                bad = True
-            elif not value.strip():
-                problems.append(Problem(where, f"{what} path is empty"))
-                bad = True
-        if bad:
-            continue
-        image = _resolve(base, image_value)
-        if image.suffix.lower() not in IMAGE_EXTENSIONS:
-            problems.append(Problem(where, f"image {image_value!r} has an unsupported extension "
-                                           f"(supported: {' '.join(sorted(IMAGE_EXTENSIONS))})"))
+        return None
+    return data, text
+
+
+def _entry_record(entry: Any, where: str, base: Path, check_files: bool, problems: list[Problem]) -> Record | None:
+    """One ``[image, mask_or_"Negative"]`` entry as a record, or None with every problem it has recorded."""
+    if not isinstance(entry, list) or len(entry) != 2:
+        problems.append(Problem(where, "entry must be a pair [image, mask_or_\"Negative\"], "
+                                       f"found {_short(entry)}"))
+        return None
+    image_value, mask_value = entry
+    bad = False
+    for what, value in (("image", image_value), ("mask", mask_value)):
+        if not isinstance(value, str):
+            hint = ' (authentic images use the string "Negative")' if what == "mask" and value is None else ""
+            problems.append(Problem(where, f"{what} must be a string path, found {_short(value)}{hint}"))
             bad = True
-        elif check_files and not _check_file(image, "image", where, problems):
+        elif not value.strip():
+            problems.append(Problem(where, f"{what} path is empty"))
             bad = True
-        mask: Path | None = None
-        if mask_value != NEGATIVE:
-            if mask_value.lower().endswith(".json"):
-                problems.append(Problem(where, f"mask path {mask_value!r} ends in .json: a mask must be an "
-                                               "image (nested dataset lists are not supported)"))
-                bad = True
-            else:
-                mask = _resolve(base, mask_value)
-                if mask.suffix.lower() not in IMAGE_EXTENSIONS:
-                    hint = ' (authentic images use the exact string "Negative")' if mask_value.strip().lower() in (
-                        "negative", "none", "null", "authentic") else ""
-                    problems.append(Problem(where, f"mask {mask_value!r} has an unsupported extension{hint}"))
-                    bad = True
-                elif check_files and not _check_file(mask, "mask", where, problems):
-                    bad = True
-        if bad:
-            continue
-        record = Record(image=image, mask=mask, source=where)
-        # The same file under two spellings (img/../img/0.png and img/0.png, a link) is one image.
-        # Without file checks (slow network file systems) the paths are only normalised as text.
-        key = same_file_key(image) if check_files else os.path.normcase(os.path.normpath(image))
-        if key in seen:
-            first = seen[key]
-            if first.label != record.label:
-                problems.append(Problem(where, f"image {image_value!r} is listed again with the opposite label "
-                                               f"({'tampered' if record.label else 'authentic'} here, "
-                                               f"{'tampered' if first.label else 'authentic'} at {first.source}): "
-                                               "one image cannot be both"))
-            else:
-                other = "" if first.mask is None or mask is None or same_file_key(first.mask) == same_file_key(
-                    mask) else f", with another mask ({first.mask.name} there, {mask.name} here)"
-                problems.append(Problem(where, f"image {image_value!r} is listed again (first at {first.source}"
-                                               f"{other})", "warning"))
-        seen.setdefault(key, record)
-        records.append(record)
-    return records
+    if bad:
+        return None
+    image = _resolve(base, image_value)
+    if image.suffix.lower() not in IMAGE_EXTENSIONS:
+        problems.append(Problem(where, f"image {image_value!r} has an unsupported extension "
+                                       f"(supported: {' '.join(sorted(IMAGE_EXTENSIONS))})"))
+        bad = True
+    elif check_files and not _check_file(image, "image", where, problems):
+        bad = True
+    mask: Path | None = None
+    if mask_value != NEGATIVE:
+        mask = _entry_mask(mask_value, where, base, check_files, problems)
+        bad = bad or mask is None
+    return None if bad else Record(image=image, mask=mask, source=where)
+
+
+def _entry_mask(mask_value: str, where: str, base: Path, check_files: bool, problems: list[Problem]) -> Path | None:
+    """The mask path of an entry (not ``"Negative"``), or None with the problem recorded."""
+    if mask_value.lower().endswith(".json"):
+        problems.append(Problem(where, f"mask path {mask_value!r} ends in .json: a mask must be an "
+                                       "image (nested dataset lists are not supported)"))
+        return None
+    mask = _resolve(base, mask_value)
+    if mask.suffix.lower() not in IMAGE_EXTENSIONS:
+        hint = ' (authentic images use the exact string "Negative")' if mask_value.strip().lower() in (
+            "negative", "none", "null", "authentic") else ""
+        problems.append(Problem(where, f"mask {mask_value!r} has an unsupported extension{hint}"))
+        return None
+    if check_files and not _check_file(mask, "mask", where, problems):
+        return None
+    return mask
+
+
+def _listed_again(first: Record, record: Record, image_value: str) -> Problem:
+    """An image listed twice: an error with opposite labels, else a warning (naming a second mask)."""
+    where, mask = record.source, record.mask
+    if first.label != record.label:
+        return Problem(where, f"image {image_value!r} is listed again with the opposite label "
+                              f"({'tampered' if record.label else 'authentic'} here, "
+                              f"{'tampered' if first.label else 'authentic'} at {first.source}): "
+                              "one image cannot be both")
+    other = "" if first.mask is None or mask is None or same_file_key(first.mask) == same_file_key(
+        mask) else f", with another mask ({first.mask.name} there, {mask.name} here)"
+    return Problem(where, f"image {image_value!r} is listed again (first at {first.source}{other})", "warning")
 
 
 # --------------------------------------------------------------------------------------------------
@@ -561,7 +555,11 @@ class ForgeryDataset(Dataset):
                              "(unknown ground truth must never be counted as authentic)")
         self.records: list[Record] = records
         self.mask_known = known.pop()
-        self.transform = transform if transform is not None else SampleTransform(mode="none")
+        if transform is None:
+            from forgeloc.data.transforms import SampleTransform
+
+            transform = SampleTransform(mode="none")
+        self.transform = transform
         self.max_pixels = max_pixels
         self.seed = int(seed)
         self.resize_masks = resize_masks

@@ -54,6 +54,7 @@ __all__ = [
     "binarize_mask",
     "image_info",
     "mask_stats",
+    "pil_to_rgb",
     "read_image",
     "read_mask",
     "read_mask_gray",
@@ -271,7 +272,7 @@ def _has_alpha(img: Image.Image) -> bool:
     return img.mode in ("RGBA", "RGBa", "LA", "La", "PA") or (img.mode == "P" and "transparency" in img.info)
 
 
-def _to_rgb(img: Image.Image, where: str, *, alpha: str) -> np.ndarray:
+def pil_to_rgb(img: Image.Image, where: str, *, alpha: str) -> np.ndarray:
     """Any Pillow mode → HxWx3 uint8. ``alpha``: ``"white"`` (composite) or ``"ignore"`` (drop)."""
     gray = _single_channel_uint8(img)
     if gray is not None:
@@ -347,7 +348,7 @@ def read_image(
     where = _display_name(source, name)
     img = _open(_read_bytes(source, where), where, max_pixels)
     img = _decode(img, where, exif_transpose)
-    return _to_rgb(img, where, alpha="white")
+    return pil_to_rgb(img, where, alpha="white")
 
 
 def _open_mask(source: ImageSource, max_pixels: int, name: str | None, exif_transpose: bool) -> tuple[Image.Image, str]:
@@ -378,7 +379,7 @@ def read_mask_rgb(
     Useful to inspect colour-coded masks; :func:`read_mask` is what the datasets use.
     """
     img, where = _open_mask(source, max_pixels, name, exif_transpose)
-    return _to_rgb(img, where, alpha="ignore")
+    return pil_to_rgb(img, where, alpha="ignore")
 
 
 def read_mask_gray(
@@ -401,7 +402,7 @@ def read_mask_gray(
         gray = np.asarray(img.convert("L") if img.mode != "L" else img)
     if gray is not None:
         return gray.astype(np.float32)
-    rgb = _to_rgb(img, where, alpha="ignore")
+    rgb = pil_to_rgb(img, where, alpha="ignore")
     # Integer sum then one division keeps the mean exact (no float accumulation order effects).
     return (rgb.astype(np.uint16).sum(axis=2) / 3.0).astype(np.float32)
 

@@ -39,6 +39,7 @@ from typing import Any
 import numpy as np
 
 from forgeloc.data.datasets import DATASET_LIST_NAME, NEGATIVE
+from forgeloc.data.files import list_folder
 from forgeloc.data.io import (
     DEFAULT_MAX_PIXELS,
     IMAGE_EXTENSIONS,
@@ -189,8 +190,12 @@ class Recipe:
 # --------------------------------------------------------------------------------------------------
 # File-system helpers (the source is only read)
 # --------------------------------------------------------------------------------------------------
+def _ignored_name(name: str) -> bool:
+    return name.startswith(".") or name.lower() in _IGNORED
+
+
 def _ignored(path: Path) -> bool:
-    return path.name.startswith(".") or path.name.lower() in _IGNORED
+    return _ignored_name(path.name)
 
 
 def _is_image(path: Path) -> bool:
@@ -198,16 +203,10 @@ def _is_image(path: Path) -> bool:
 
 
 def _files(folder: Path, *, recursive: bool = False) -> list[Path]:
-    """Visible files of ``folder`` (sorted by their path)."""
-    entries = folder.rglob("*") if recursive else folder.iterdir()
-    out = []
-    for p in entries:
-        rel = p.relative_to(folder).parts
-        if any(part.startswith(".") or part.lower() in _IGNORED for part in rel):
-            continue
-        if p.is_file():
-            out.append(p)
-    return sorted(out, key=lambda p: p.as_posix())
+    """Visible files of ``folder`` (sorted by their path as text); links that cannot be followed and
+    special files are left out."""
+    listing = list_folder(folder, recursive=recursive, skip=_ignored_name)
+    return sorted(listing.files, key=lambda p: p.as_posix())
 
 
 def _images(folder: Path, scan: _Scan, source: Path, *, recursive: bool = False) -> list[Path]:
@@ -954,81 +953,98 @@ def prepare(
                            out=os.path.abspath(dst), options=options.describe(), notes=list(scan.notes))
     if options.corrections is not None:
         _apply_corrections(scan.candidates, options.corrections, src, report)
-    if not options.include_authentic:
-        report.notes.append("authentic images left out (--no-authentic)")
-    if options.long_side:
-        report.notes.append(f"images whose long side exceeds {options.long_side} px are resized to it (Lanczos; masks "
-                            f"nearest neighbour), as IMDLBenCo's pre-resizing script; written as "
-                            + ("PNG" if options.resized_format == "png" else "their own format with Pillow's "
-                               "defaults (JPEG quality 75)") + "; smaller images are used unchanged")
+    report.notes.extend(_option_notes(options))
 
     results = _process_all(scan.candidates, _output_names(scan.candidates, src), options, progress)
     previous = _previously_written(dst)
     dst.mkdir(parents=True, exist_ok=True)
 
-    written: set[str] = set()
-    entries: dict[str, list[tuple[str, str]]] = {g: [] for g in scan.groups}
-    per_list: dict[str, dict[str, int]] = {g: {"tampered": 0, "authentic": 0} for g in scan.groups}
-    counts = {"tampered": 0, "authentic": 0, "skipped": 0, "masks_from_source": 0, "masks_written": 0,
-              "masks_resized": 0, "images_resized": 0, "empty_masks": 0, "corrections_applied": len(report.corrections)}
-    skipped = [{"path": p, "reason": r} for p, r in scan.skipped]
-    defects = KNOWN_DEFECTS.get(recipe.name, {})
-    met_defects: dict[str, dict[str, str]] = {}
-    empty: list[str] = []
-    for path, reason in scan.skipped:
-        stem = Path(path).stem
-        if stem in defects:
-            met_defects[stem] = {"sample": path, "defect": defects[stem], "outcome": reason}
+    tally = _Tally(scan, KNOWN_DEFECTS.get(recipe.name, {}), len(report.corrections))
     for done in results:
-        c = done.candidate
-        if c.defect_key in defects:
-            met_defects[c.defect_key] = {"sample": _rel(c.image, src), "defect": defects[c.defect_key],
-                                         "outcome": done.skip or ("mask resized" if done.mask_resized else "kept")}
-        if done.skip is not None:
-            skipped.append({"path": _rel(c.image, src), "reason": done.skip})
-            continue
-        group_dir = dst / c.group if c.group else dst
-        for rel, data in done.files.items():
-            _write_if_changed(group_dir / rel, data)
-            written.add(_rel(group_dir / rel, dst))
+        tally.add(done, src, dst, options.absolute)
+    tally.counts["empty_masks"] = len(tally.empty)
+    if tally.empty:
+        report.notes.append(f"{len(tally.empty)} tampered image(s) whose mask has no tampered pixel (kept; forgeloc "
+                            "labels them authentic, IMDLBenCo scores them F1 = 0): " + ", ".join(tally.empty[:10])
+                            + (" ..." if len(tally.empty) > 10 else ""))
 
-        image = done.image if done.image_resized else Path(os.path.abspath(c.image))
-        mask = None if done.mask is None else (done.mask if done.mask_written else Path(os.path.abspath(done.mask)))
-        entries[c.group].append((_list_path(image, group_dir, options.absolute),
-                                 _list_path(mask, group_dir, options.absolute)))
-        kind = "authentic" if c.mask is None else "tampered"
-        counts[kind] += 1
-        per_list[c.group][kind] += 1
-        counts["masks_written"] += int(done.mask_written)
-        counts["masks_from_source"] += int(c.mask is not None and not done.mask_written)
-        counts["masks_resized"] += int(done.mask_resized)
-        counts["images_resized"] += int(done.image_resized)
-        if done.empty_mask:
-            empty.append(_rel(c.image, src))
-    counts["empty_masks"] = len(empty)
-    if empty:
-        report.notes.append(f"{len(empty)} tampered image(s) whose mask has no tampered pixel (kept; forgeloc labels "
-                            "them authentic, IMDLBenCo scores them F1 = 0): " + ", ".join(empty[:10])
-                            + (" ..." if len(empty) > 10 else ""))
-
-    _write_lists(scan.groups, entries, dst, written, report)
-    report.removed = sorted(p for p in previous if p not in written and (dst / p).is_file())
+    _write_lists(scan.groups, tally.entries, dst, tally.written, report)
+    report.removed = sorted(p for p in previous if p not in tally.written and (dst / p).is_file())
     for rel in report.removed:
         (dst / rel).unlink()
     _remove_empty_dirs(dst)
 
-    counts["skipped"] = len(skipped)
-    report.counts = counts
-    report.per_list = per_list if any(scan.groups) else {}
-    report.skipped = skipped
-    report.known_defects = [met_defects[k] for k in sorted(met_defects)]
-    report.written = sorted(written)
+    tally.counts["skipped"] = len(tally.skipped)
+    report.counts = tally.counts
+    report.per_list = tally.per_list if any(scan.groups) else {}
+    report.skipped = tally.skipped
+    report.known_defects = [tally.met_defects[k] for k in sorted(tally.met_defects)]
+    report.written = sorted(tally.written)
     text = json.dumps(report.to_dict(), indent=2, ensure_ascii=False) + "\n"
     _write_if_changed(dst / REPORT_NAME, text.encode("utf-8"))
 
     if options.check:
         _check_lists(report, dst, options.max_pixels)
     return report
+
+
+def _option_notes(options: PrepareOptions) -> list[str]:
+    notes = []
+    if not options.include_authentic:
+        notes.append("authentic images left out (--no-authentic)")
+    if options.long_side:
+        notes.append(f"images whose long side exceeds {options.long_side} px are resized to it (Lanczos; masks "
+                     f"nearest neighbour), as IMDLBenCo's pre-resizing script; written as "
+                     + ("PNG" if options.resized_format == "png" else "their own format with Pillow's "
+                        "defaults (JPEG quality 75)") + "; smaller images are used unchanged")
+    return notes
+
+
+class _Tally:
+    """What a prepare run writes and counts, sample by sample: list entries, counts per kind and
+    per list, skipped files, the recipe's known defects met, tampered images with empty masks."""
+
+    def __init__(self, scan: Any, defects: dict[str, str], corrections_applied: int) -> None:
+        self.defects = defects
+        self.written: set[str] = set()
+        self.entries: dict[str, list[tuple[str, str]]] = {g: [] for g in scan.groups}
+        self.per_list: dict[str, dict[str, int]] = {g: {"tampered": 0, "authentic": 0} for g in scan.groups}
+        self.counts = {"tampered": 0, "authentic": 0, "skipped": 0, "masks_from_source": 0, "masks_written": 0,
+                       "masks_resized": 0, "images_resized": 0, "empty_masks": 0,
+                       "corrections_applied": corrections_applied}
+        self.skipped = [{"path": p, "reason": r} for p, r in scan.skipped]
+        self.met_defects: dict[str, dict[str, str]] = {}
+        self.empty: list[str] = []
+        for path, reason in scan.skipped:
+            stem = Path(path).stem
+            if stem in defects:
+                self.met_defects[stem] = {"sample": path, "defect": defects[stem], "outcome": reason}
+
+    def add(self, done: Any, src: Path, dst: Path, absolute: bool) -> None:
+        """One processed sample: its files written (when changed), its list entry and counts; or its skip."""
+        c = done.candidate
+        if c.defect_key in self.defects:
+            self.met_defects[c.defect_key] = {"sample": _rel(c.image, src), "defect": self.defects[c.defect_key],
+                                              "outcome": done.skip or ("mask resized" if done.mask_resized else "kept")}
+        if done.skip is not None:
+            self.skipped.append({"path": _rel(c.image, src), "reason": done.skip})
+            return
+        group_dir = dst / c.group if c.group else dst
+        for rel, data in done.files.items():
+            _write_if_changed(group_dir / rel, data)
+            self.written.add(_rel(group_dir / rel, dst))
+        image = done.image if done.image_resized else Path(os.path.abspath(c.image))
+        mask = None if done.mask is None else (done.mask if done.mask_written else Path(os.path.abspath(done.mask)))
+        self.entries[c.group].append((_list_path(image, group_dir, absolute), _list_path(mask, group_dir, absolute)))
+        kind = "authentic" if c.mask is None else "tampered"
+        self.counts[kind] += 1
+        self.per_list[c.group][kind] += 1
+        self.counts["masks_written"] += int(done.mask_written)
+        self.counts["masks_from_source"] += int(c.mask is not None and not done.mask_written)
+        self.counts["masks_resized"] += int(done.mask_resized)
+        self.counts["images_resized"] += int(done.image_resized)
+        if done.empty_mask:
+            self.empty.append(_rel(c.image, src))
 
 
 def _validate_options(options: PrepareOptions) -> None:

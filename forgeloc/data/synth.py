@@ -159,9 +159,10 @@ def load_photo_folder(folder: str | Path, *, min_side: int = 1) -> dict[str, np.
     folder = Path(folder).expanduser()
     if not folder.is_dir():
         raise SynthError(f"photo folder {folder} does not exist or is not a folder")
+    from forgeloc.data.files import list_folder
     from forgeloc.data.io import IMAGE_EXTENSIONS
 
-    files = sorted(p for p in folder.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS)
+    files = list_folder(folder, recursive=True, skip=None).images
     if not files:
         raise SynthError(f"no photos ({', '.join(sorted(IMAGE_EXTENSIONS))}) found in {folder}")
     out: dict[str, np.ndarray] = {}
@@ -666,6 +667,49 @@ def _prepare_out_dir(out: Path, overwrite: bool) -> None:
         (out / sub).mkdir(parents=True, exist_ok=True)
 
 
+def _checked_types(n: int, seed: int, authentic_fraction: float, types: Sequence[str]) -> tuple[str, ...]:
+    """The manipulation types as a tuple; a :class:`SynthError` for a count, seed or mix that cannot work."""
+    if int(n) < 1:
+        raise SynthError(f"n must be >= 1, got {n}")
+    if int(seed) < 0:
+        raise SynthError(f"seed must be >= 0, got {seed}")
+    if not 0.0 <= authentic_fraction <= 1.0:
+        raise SynthError(f"authentic_fraction must be in [0, 1], got {authentic_fraction}")
+    types = tuple(types)
+    unknown = [t for t in types if t not in MANIPULATIONS]
+    if unknown or len(set(types)) != len(types):
+        raise SynthError(f"types must be distinct values of {', '.join(MANIPULATIONS)}; got {list(types)}")
+    if not types and authentic_fraction < 1.0:
+        raise SynthError("no manipulation types given; set authentic_fraction=1 for an all-authentic set")
+    return types
+
+
+def _dump(obj: Any) -> Any:
+    return lambda tmp: tmp.write_text(json.dumps(obj, indent=1) + "\n")
+
+
+def _manifest(records: list[dict[str, Any]], *, seed: int, n: int, cfg: SynthConfig, authentic_fraction: float,
+              types: tuple[str, ...], source: str, pool: Mapping[str, np.ndarray]) -> dict[str, Any]:
+    """``manifest.json``: how the set was made (generator, seed, settings, photos, libraries) and every sample."""
+    counts = {k: sum(r["type"] == k for r in records) for k in (*types, AUTHENTIC)}
+    return {
+        "generator": "forgeloc.synth",
+        "version": SYNTH_VERSION,
+        "seed": int(seed),
+        "n": int(n),
+        "size": cfg.size,
+        "authentic_fraction": authentic_fraction,
+        "types": list(types),
+        "config": asdict(cfg),
+        "photo_source": source,
+        "photos": {k: list(v.shape) for k, v in pool.items()},
+        "counts": counts,
+        "mask_definition": "pixels changed by the manipulation, before post-processing (copy-move: target)",
+        "libraries": {"numpy": np.__version__, "opencv": cv2.__version__},
+        "samples": records,
+    }
+
+
 def synthesize(
     out_dir: str | Path,
     n: int,
@@ -693,18 +737,7 @@ def synthesize(
     fraction of a region's pixels that must change (samples below it are redrawn). See
     :class:`SynthConfig` and ``docs/synth.md`` for the other knobs.
     """
-    if int(n) < 1:
-        raise SynthError(f"n must be >= 1, got {n}")
-    if int(seed) < 0:
-        raise SynthError(f"seed must be >= 0, got {seed}")
-    if not 0.0 <= authentic_fraction <= 1.0:
-        raise SynthError(f"authentic_fraction must be in [0, 1], got {authentic_fraction}")
-    types = tuple(types)
-    unknown = [t for t in types if t not in MANIPULATIONS]
-    if unknown or len(set(types)) != len(types):
-        raise SynthError(f"types must be distinct values of {', '.join(MANIPULATIONS)}; got {list(types)}")
-    if not types and authentic_fraction < 1.0:
-        raise SynthError("no manipulation types given; set authentic_fraction=1 for an all-authentic set")
+    types = _checked_types(n, seed, authentic_fraction, types)
     cfg = SynthConfig(
         size=int(size), area_range=tuple(area_range), jpeg_prob=jpeg_prob, jpeg_quality=tuple(jpeg_quality),
         resize_prob=resize_prob, resize_range=tuple(resize_range), min_coverage=min_coverage,
@@ -727,28 +760,10 @@ def synthesize(
         with ThreadPoolExecutor(workers) as ex:
             records = list(ex.map(make, range(int(n))))
 
-    def _dump(obj: Any) -> Any:
-        return lambda tmp: tmp.write_text(json.dumps(obj, indent=1) + "\n")
-
     from forgeloc.io import atomic_write
 
+    manifest = _manifest(records, seed=seed, n=n, cfg=cfg, authentic_fraction=authentic_fraction, types=types,
+                         source=source, pool=pool)
     dataset = [[r["image"], r["mask"]] for r in records]
-    counts = {k: sum(r["type"] == k for r in records) for k in (*types, AUTHENTIC)}
-    manifest = {
-        "generator": "forgeloc.synth",
-        "version": SYNTH_VERSION,
-        "seed": int(seed),
-        "n": int(n),
-        "size": cfg.size,
-        "authentic_fraction": authentic_fraction,
-        "types": list(types),
-        "config": asdict(cfg),
-        "photo_source": source,
-        "photos": {k: list(v.shape) for k, v in pool.items()},
-        "counts": counts,
-        "mask_definition": "pixels changed by the manipulation, before post-processing (copy-move: target)",
-        "libraries": {"numpy": np.__version__, "opencv": cv2.__version__},
-        "samples": records,
-    }
     atomic_write(out / "manifest.json", _dump(manifest))
     return atomic_write(out / "dataset.json", _dump(dataset))

@@ -39,8 +39,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from forgeloc.checkpoint import CheckpointError, atomic_write, read_checkpoint_config
-from forgeloc.data.transforms import IMAGENET_MEAN, IMAGENET_STD
+from forgeloc.data.normalization import IMAGENET_MEAN, IMAGENET_STD
+from forgeloc.extras import require
+from forgeloc.io import CheckpointConfig, CheckpointError, atomic_write
 from forgeloc.models.base import ForgeryModel
 
 #: The ONNX opset of every export (see the module docstring for why 17).
@@ -51,7 +52,6 @@ ONNX_FILE = "model.onnx"
 CONFIG_FILE = "config.json"
 #: Version of the ``onnx`` section of config.json.
 FORMAT_VERSION = 1
-INSTALL_HINT = "pip install 'forgeloc[onnx]'"
 
 
 class ExportError(RuntimeError):
@@ -59,11 +59,10 @@ class ExportError(RuntimeError):
 
 
 def require_onnxruntime() -> Any:
-    """The ``onnxruntime`` module, or a one-line error naming the install command."""
-    try:
-        import onnxruntime
-    except ImportError:
-        raise ExportError(f"onnxruntime is not installed: {INSTALL_HINT}") from None
+    """The ``onnxruntime`` module, or a :class:`~forgeloc.extras.MissingExtraError` naming the pip command."""
+    require("onnx", "the onnxruntime backend", "onnxruntime")
+    import onnxruntime
+
     return onnxruntime
 
 
@@ -226,6 +225,7 @@ def export_onnx(predictor: Any, out_dir: str | Path, *, source: str | None = Non
     (threshold, input size and mode, image score, calibration, cues, model card) and adds an ``onnx``
     section describing the graph's inputs, outputs and pre- and post-processing.
     """
+    require("onnx", "forgeloc export --format onnx", "onnx", "onnxruntime")
     model = getattr(predictor, "model", None)
     if model is None:
         raise ExportError(f"{predictor.model_name} is a training-free detector: there is no network to export")
@@ -314,7 +314,7 @@ def is_onnx_export(path: str | Path) -> bool:
     return (folder / ONNX_FILE).is_file() and (folder / CONFIG_FILE).is_file()
 
 
-def load_onnx(path: str | Path, threads: int | None = None) -> tuple[ForgeryModel, dict[str, Any]]:
+def load_onnx(path: str | Path, threads: int | None = None) -> tuple[ForgeryModel, CheckpointConfig]:
     """The model of an export folder (or its ``model.onnx``) and the folder's config.
 
     The config is read with the same bounds as a checkpoint's; the ``.onnx`` file must have the
@@ -325,18 +325,20 @@ def load_onnx(path: str | Path, threads: int | None = None) -> tuple[ForgeryMode
     if not is_onnx_export(folder):
         raise CheckpointError(f"{folder}: not an ONNX export (needs {ONNX_FILE} and {CONFIG_FILE}; make one with "
                               "`forgeloc export CHECKPOINT --format onnx --out DIR`)")
-    config = read_checkpoint_config(folder) or {}
-    section = config.get("onnx")
-    if config.get("format") != "forgeloc-onnx" or not isinstance(section, dict):
+    config = CheckpointConfig.from_json(folder / CONFIG_FILE)
+    section = config.extra.get("onnx")
+    if config.extra.get("format") != "forgeloc-onnx" or not isinstance(section, dict):
         raise CheckpointError(f"{folder / CONFIG_FILE}: not the config of a forgeloc ONNX export")
     data = (folder / ONNX_FILE).read_bytes()
     if hashlib.sha256(data).hexdigest() != section.get("sha256"):
         raise CheckpointError(f"{folder / ONNX_FILE}: its sha256 is not the one {CONFIG_FILE} records; "
                               "the graph and its settings come from different exports")
     sess = session(data, threads)
-    name = str(config.get("model", "onnx"))
-    outputs = section.get("outputs")
+    name = config.model or "onnx"
     attributes = section.get("model_attributes") if isinstance(section.get("model_attributes"), dict) else {}
-    model = _onnx_gridnet(sess, name) if outputs == ["block_logits"] else OnnxImageModel(sess, name, attributes)
+    if section.get("outputs") == ["block_logits"]:
+        model = _onnx_gridnet(sess, name)
+    else:
+        model = OnnxImageModel(sess, name, attributes)
     model.model_kwargs = dict(section.get("model_kwargs") or {})
-    return model, config
+    return model, config.with_updates(checkpoint=str(folder / ONNX_FILE))

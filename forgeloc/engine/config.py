@@ -44,10 +44,6 @@ class DatasetEntry(_Strict):
     path: str
     name: str | None = None
 
-    @property
-    def display_name(self) -> str:
-        return self.name or Path(self.path).stem
-
 
 class DataConfig(_Strict):
     train: list[DatasetEntry] = Field(default_factory=list)

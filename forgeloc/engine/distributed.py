@@ -58,12 +58,3 @@ def cleanup_distributed() -> None:
 def barrier() -> None:
     if dist.is_available() and dist.is_initialized():
         dist.barrier()
-
-
-def broadcast_object(obj: object, src: int = 0) -> object:
-    """Send a picklable Python object from ``src`` to every rank (identity without a process group)."""
-    if not (dist.is_available() and dist.is_initialized()):
-        return obj
-    holder = [obj]
-    dist.broadcast_object_list(holder, src=src)
-    return holder[0]

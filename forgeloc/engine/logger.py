@@ -44,6 +44,9 @@ class RunLogger:
         if enabled:
             self.output_dir.mkdir(parents=True, exist_ok=True)
             if tensorboard:
+                from forgeloc.extras import require
+
+                require("train", "TensorBoard logging (train.tensorboard: false turns it off)", "tensorboard")
                 from torch.utils.tensorboard import SummaryWriter
 
                 self.writer = SummaryWriter(log_dir=str(self.output_dir / "tb"))

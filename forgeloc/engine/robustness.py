@@ -142,10 +142,8 @@ def run_robustness(
     ``seed`` seeds the per-image random draws (noise, JPEG quality); with no augmentation at test
     time nothing else depends on it. Returns ``{"rows": ..., "meta": ..., "paths": ...}``.
     """
-    from forgeloc.engine.data import build_eval_loader
     from forgeloc.engine.distributed import cleanup_distributed, init_distributed
-    from forgeloc.engine.evaluate import evaluate
-    from forgeloc.engine.logger import console, setup_logging
+    from forgeloc.engine.logger import setup_logging
     from forgeloc.engine.testing import eval_setup
 
     if not datasets:
@@ -170,65 +168,87 @@ def run_robustness(
             }
             for dataset, source in datasets.items():
                 for cond in conditions:
-                    t0 = time.time()
-                    loader = build_eval_loader(source, cfg, info, size=cfg.data.input_size, perturb=cond.perturb)
-                    metrics = evaluate(
-                        model, loader, info.device, definition=cfg.eval.definition, threshold=cfg.eval.threshold,
-                        image_score=cfg.eval.image_score,
-                    )
                     key = " / ".join([*([run] if many_runs else []), *([dataset] if many_sets else []), cond.label])
-                    rows[key] = {
-                        **metrics, "level": cond.level, "run": run, "dataset": dataset,
-                        "perturbation": cond.perturbation, "condition": cond.label,
-                    }
-                    log.info("%s / %s / %s: pixel F1 %.4f, AUC %.4f (%.0f s)", run, dataset, cond.label,
-                             metrics.get("pixel_f1", math.nan), metrics.get("pixel_auc", math.nan),
-                             time.time() - t0)
-        first = next(iter(runs_meta.values()))
-        table_meta = {
-            "definition": setup.get("definition", "forgeloc"),
-            "seed": int(seed),
-            "jpeg_mode": "exact quality" if jpeg_exact else "protocol: quality drawn from {q-1, q} per image",
-            "noise_rounding": noise_rounding,
-            "input": first["input"] if len({m["input"] for m in runs_meta.values()}) == 1 else "per checkpoint",
-            "applied": "image only, native resolution, before resize/pad and normalisation; mask untouched",
-            "metrics_resolution": "model input (masks resized with nearest neighbour, as IMDLBenCo)",
-            "opencv_version": _cv2_version(),
-            "forgeloc_version": __version__,
-            "command": command or "",
-            "checkpoints": runs_meta,
-            "datasets": dict(datasets),
-            "perturbations": _perturbation_meta(conditions),
-        }
+                    rows[key] = _evaluate_condition(model, cfg, info, run, dataset, source, cond)
+        table_meta = _table_meta(runs_meta, datasets, conditions, definition=setup.get("definition", "forgeloc"),
+                                 seed=seed, jpeg_exact=jpeg_exact, noise_rounding=noise_rounding, command=command)
         paths: dict[str, Any] = {}
         if info.is_main:
-            from forgeloc.engine.tables import write_tables
-
-            out = Path(out_dir)
-            paths["table"] = write_tables(rows, out, "robustness", table_meta, first_column="condition")
-            if many_runs:
-                for metric in PLOT_METRICS:
-                    wide = comparison_rows(rows, metric)
-                    paths[f"compare_{metric}"] = write_tables(
-                        wide, out, f"compare_{metric}", {**table_meta, "metric": metric}, first_column="condition"
-                    )
-            if plot:
-                paths["plots"] = {
-                    dataset: plot_robustness(
-                        [r for r in rows.values() if r["dataset"] == dataset],
-                        out / f"robustness_{_safe_file_part(dataset)}.png",
-                        title=f"robustness on {dataset} ({table_meta['definition']} metrics)",
-                        jpeg_exact=jpeg_exact,
-                    )
-                    for dataset in datasets
-                }
-            console.print(_console_table(rows, list(names)))
-            log.info("tables: %s", paths["table"]["md"])
-            for p in (paths.get("plots") or {}).values():
-                log.info("plot: %s", p)
+            paths = _write_outputs(rows, table_meta, Path(out_dir), list(names), datasets, plot=plot,
+                                   jpeg_exact=jpeg_exact)
         return {"rows": rows, "meta": table_meta, "paths": paths}
     finally:
         cleanup_distributed()
+
+
+def _evaluate_condition(model: Any, cfg: Any, info: Any, run: str, dataset: str, source: str,
+                        cond: Condition) -> dict[str, Any]:
+    """One checkpoint on one test set under one condition: the metrics and where they come from."""
+    from forgeloc.engine.data import build_eval_loader
+    from forgeloc.engine.evaluate import evaluate
+
+    t0 = time.time()
+    loader = build_eval_loader(source, cfg, info, size=cfg.data.input_size, perturb=cond.perturb)
+    metrics = evaluate(
+        model, loader, info.device, definition=cfg.eval.definition, threshold=cfg.eval.threshold,
+        image_score=cfg.eval.image_score,
+    )
+    log.info("%s / %s / %s: pixel F1 %.4f, AUC %.4f (%.0f s)", run, dataset, cond.label,
+             metrics.get("pixel_f1", math.nan), metrics.get("pixel_auc", math.nan), time.time() - t0)
+    return {**metrics, "level": cond.level, "run": run, "dataset": dataset, "perturbation": cond.perturbation,
+            "condition": cond.label}
+
+
+def _table_meta(runs_meta: dict[str, dict[str, Any]], datasets: Mapping[str, str], conditions: Sequence[Condition],
+                *, definition: str, seed: int, jpeg_exact: bool, noise_rounding: str,
+                command: str | None) -> dict[str, Any]:
+    """What the tables record beside the numbers: protocol, versions, checkpoints, data, conditions."""
+    first = next(iter(runs_meta.values()))
+    return {
+        "definition": definition,
+        "seed": int(seed),
+        "jpeg_mode": "exact quality" if jpeg_exact else "protocol: quality drawn from {q-1, q} per image",
+        "noise_rounding": noise_rounding,
+        "input": first["input"] if len({m["input"] for m in runs_meta.values()}) == 1 else "per checkpoint",
+        "applied": "image only, native resolution, before resize/pad and normalisation; mask untouched",
+        "metrics_resolution": "model input (masks resized with nearest neighbour, as IMDLBenCo)",
+        "opencv_version": _cv2_version(),
+        "forgeloc_version": __version__,
+        "command": command or "",
+        "checkpoints": runs_meta,
+        "datasets": dict(datasets),
+        "perturbations": _perturbation_meta(conditions),
+    }
+
+
+def _write_outputs(rows: dict[str, dict[str, Any]], table_meta: dict[str, Any], out: Path, runs: list[str],
+                   datasets: Mapping[str, str], *, plot: bool, jpeg_exact: bool) -> dict[str, Any]:
+    """The tables (one per metric across checkpoints when there are several), the plots, the console table."""
+    from forgeloc.engine.logger import console
+    from forgeloc.engine.tables import write_tables
+
+    paths: dict[str, Any] = {"table": write_tables(rows, out, "robustness", table_meta, first_column="condition")}
+    if len(runs) > 1:
+        for metric in PLOT_METRICS:
+            wide = comparison_rows(rows, metric)
+            paths[f"compare_{metric}"] = write_tables(
+                wide, out, f"compare_{metric}", {**table_meta, "metric": metric}, first_column="condition"
+            )
+    if plot:
+        paths["plots"] = {
+            dataset: plot_robustness(
+                [r for r in rows.values() if r["dataset"] == dataset],
+                out / f"robustness_{_safe_file_part(dataset)}.png",
+                title=f"robustness on {dataset} ({table_meta['definition']} metrics)",
+                jpeg_exact=jpeg_exact,
+            )
+            for dataset in datasets
+        }
+    console.print(_console_table(rows, runs))
+    log.info("tables: %s", paths["table"]["md"])
+    for p in (paths.get("plots") or {}).values():
+        log.info("plot: %s", p)
+    return paths
 
 
 def _cv2_version() -> str:
@@ -339,29 +359,9 @@ def robustness_figure(
                              squeeze=False, sharey="row")
     for i, (metric, metric_label) in enumerate(metrics.items()):
         for j, kind in enumerate(kinds):
-            spec = PERTURBATIONS[kind]
             ax = axes[i, j]
-            all_levels: set[float] = set()
-            for n, run in enumerate(runs):
-                colour = colours[n % len(colours)]
-                clean = [r.get(metric, math.nan) for r in rows if r["run"] == run and r["perturbation"] == CLEAN]
-                points = sorted((float(r["level"]), float(r.get(metric, math.nan)))
-                                for r in rows if r["run"] == run and r["perturbation"] == kind)
-                all_levels.update(x for x, _ in points)
-                if clean and spec.clean_level is not None:
-                    points = sorted([(float(spec.clean_level), float(clean[0])), *points])
-                if points:
-                    xs, ys = zip(*points, strict=True)
-                    ax.plot(xs, ys, marker="o", markersize=4, color=colour, linewidth=1.5)
-                if clean:
-                    ax.axhline(float(clean[0]), color=colour, linestyle="--", linewidth=0.9, alpha=0.7)
-            ticks = sorted(all_levels | ({float(spec.clean_level)} if spec.clean_level is not None else set()))
-            ax.set_xticks(ticks)
-            ax.set_xticklabels([spec.tick_label(t) if t != spec.clean_level else "clean" for t in ticks],
-                               fontsize=7)
-            if spec.stronger_when_lower:
-                ax.invert_xaxis()
-            ax.grid(True, alpha=0.3)
+            _draw_panel(ax, rows, runs, colours, metric, kind)
+            spec = PERTURBATIONS[kind]
             if i == 0:
                 ax.set_title(spec.title, fontsize=10)
             if i == n_rows - 1:
@@ -378,6 +378,32 @@ def robustness_figure(
         fig.suptitle(title + " — harsher to the right", fontsize=11)
     fig.tight_layout(rect=(0, 0.07 if len(handles) <= 4 else 0.12, 1, 1))
     return fig
+
+
+def _draw_panel(ax: Any, rows: Sequence[Mapping[str, Any]], runs: list[str], colours: list[str], metric: str,
+                kind: str) -> None:
+    """One metric under one perturbation: a line per run, its clean value dashed, harsher to the right."""
+    spec = PERTURBATIONS[kind]
+    all_levels: set[float] = set()
+    for n, run in enumerate(runs):
+        colour = colours[n % len(colours)]
+        clean = [r.get(metric, math.nan) for r in rows if r["run"] == run and r["perturbation"] == CLEAN]
+        points = sorted((float(r["level"]), float(r.get(metric, math.nan)))
+                        for r in rows if r["run"] == run and r["perturbation"] == kind)
+        all_levels.update(x for x, _ in points)
+        if clean and spec.clean_level is not None:
+            points = sorted([(float(spec.clean_level), float(clean[0])), *points])
+        if points:
+            xs, ys = zip(*points, strict=True)
+            ax.plot(xs, ys, marker="o", markersize=4, color=colour, linewidth=1.5)
+        if clean:
+            ax.axhline(float(clean[0]), color=colour, linestyle="--", linewidth=0.9, alpha=0.7)
+    ticks = sorted(all_levels | ({float(spec.clean_level)} if spec.clean_level is not None else set()))
+    ax.set_xticks(ticks)
+    ax.set_xticklabels([spec.tick_label(t) if t != spec.clean_level else "clean" for t in ticks], fontsize=7)
+    if spec.stronger_when_lower:
+        ax.invert_xaxis()
+    ax.grid(True, alpha=0.3)
 
 
 def plot_from_json(json_path: str | Path, out_dir: str | Path | None = None) -> list[Path]:

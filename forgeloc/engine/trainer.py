@@ -31,7 +31,7 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
 from forgeloc import __version__
-from forgeloc.data.transforms import IMAGENET_MEAN, IMAGENET_STD
+from forgeloc.data.normalization import IMAGENET_MEAN, IMAGENET_STD
 from forgeloc.engine.checkpointing import (
     BEST_DIR,
     CHECKPOINT_DIR,
@@ -53,6 +53,7 @@ from forgeloc.engine.logger import RunLogger, console, metrics_table, setup_logg
 from forgeloc.engine.optim import build_optimizer, learning_rate, set_learning_rate
 from forgeloc.engine.runtime import autocast_context, move_batch
 from forgeloc.io import atomic_write
+from forgeloc.losses import unwrap_aux_loss, wrap_with_aux_loss
 from forgeloc.models.factory import create_model, load_weights
 
 log = logging.getLogger(__name__)
@@ -88,15 +89,13 @@ def build_model(cfg: Config) -> nn.Module:
         load_weights(model, cfg.model.init_checkpoint, strict=True)
         log.info("initialised %s from %s", cfg.model.name, cfg.model.init_checkpoint)
     if cfg.model.aux_loss:
-        from forgeloc.losses import wrap_with_aux_loss
-
         model = wrap_with_aux_loss(model, dict(cfg.model.aux_loss))
     return model
 
 
 def model_input_size(model: nn.Module, cfg: Config) -> int:
     """The square input size to train and evaluate at; a clear error if model and config disagree."""
-    net = getattr(model, "model", model)  # an auxiliary-loss wrapper keeps the model inside
+    net = unwrap_aux_loss(model)
     required = getattr(net, "input_size", None)
     size = cfg.data.input_size
     if required is not None and required != size:
@@ -135,8 +134,7 @@ def resume_output_dir(resume: str | Path, configured: str | Path) -> Path:
 
 def inference_config(cfg: Config, model: nn.Module, size: int, epoch: int, metrics: dict | None) -> dict[str, Any]:
     """``config.json`` of a checkpoint: everything ``forgeloc.load`` needs to predict."""
-    net = unwrap(model)
-    inner = getattr(net, "model", net)
+    inner = unwrap_aux_loss(unwrap(model))
     return {
         "format": "forgeloc-checkpoint",
         "format_version": 1,
@@ -160,6 +158,46 @@ def _denormalize(image: torch.Tensor) -> torch.Tensor:
     return (image.float() * std + mean).clamp(0, 1)
 
 
+@dataclass
+class _Progress:
+    """Where a run stands between epochs (restored from a checkpoint on ``--resume``)."""
+
+    start_epoch: int = 0
+    best_value: float | None = None
+    best_epoch: int | None = None
+    history: list[dict[str, Any]] = field(default_factory=list)
+    last_ckpt: Path | None = None
+    best_ckpt: Path | None = None
+    final_metrics: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+
+@dataclass
+class _Data:
+    """The training data of a run and the test sets evaluated after epochs."""
+
+    dataset: Any
+    loader: Any
+    sampler: Any
+    steps_per_epoch: int
+    test_loaders: dict[str, Any]
+
+
+@dataclass
+class _Run:
+    """What every epoch of one run works with."""
+
+    out_dir: Path
+    model: nn.Module
+    train_model: nn.Module
+    optimizer: torch.optim.Optimizer
+    scaler: torch.amp.GradScaler
+    size: int
+    data: _Data
+    info: DistInfo
+    log: RunLogger
+    progress: _Progress
+
+
 class Trainer:
     """Runs a :class:`~forgeloc.engine.config.Config` to completion (see the module docstring)."""
 
@@ -177,19 +215,9 @@ class Trainer:
             cleanup_distributed()
 
     def _fit(self, info: DistInfo) -> TrainResult:
-        cfg = self.cfg
         setup_logging(enabled=info.is_main)
-        out_dir = Path(cfg.train.output_dir).expanduser()
-        if self.resume is not None:
-            out_dir = resume_output_dir(self.resume, cfg.train.output_dir)
-            if Path(cfg.train.output_dir).expanduser().resolve() != out_dir.resolve() and info.is_main:
-                log.warning("resuming %s: writing into %s, not into train.output_dir=%s (a resumed run "
-                            "continues where --resume points)", self.resume, out_dir, cfg.train.output_dir)
-            cfg = cfg.model_copy(update={"train": cfg.train.model_copy(update={"output_dir": str(out_dir)})})
-        # What the run records (config.yaml, each checkpoint's config.json) must mean the same from
-        # any directory: relative paths are made absolute, against the directory they are opened from.
-        cfg = cfg.with_absolute_paths()
-        self.cfg = cfg
+        out_dir = self._settle_config(info)
+        cfg = self.cfg
         if cfg.train.deterministic:
             enable_determinism()
         torch.manual_seed(cfg.train.seed + info.rank)
@@ -201,23 +229,63 @@ class Trainer:
         if cfg.train.channels_last:
             model.to(memory_format=torch.channels_last)
         optimizer = build_optimizer(model, cfg.optim)
-        use_scaler = cfg.train.amp == "fp16"
+        scaler = self._grad_scaler(info)
+        progress = self._restore(model, optimizer, scaler)
+        if progress.best_epoch is not None:  # a resumed run: its best checkpoint is already saved
+            progress.best_ckpt = out_dir / BEST_DIR
+        train_model = self._wrap_for_training(model, info)
+        data = self._build_data(size, info)
+        # Only now, with the checkpoint read and the data found, is anything written into the run.
+        if info.is_main:
+            self._start_run_folder(out_dir, model, data, info)
+        run = _Run(out_dir, model, train_model, optimizer, scaler, size, data, info,
+                   RunLogger(out_dir, enabled=info.is_main, tensorboard=cfg.train.tensorboard), progress)
+        for epoch in range(progress.start_epoch, cfg.train.epochs):
+            self._run_epoch(run, epoch)
+        run.log.close()
+        if info.is_main and progress.final_metrics:
+            console.print(metrics_table(progress.final_metrics, title=f"{cfg.model.name} — final evaluation"))
+        return TrainResult(out_dir, progress.last_ckpt, progress.best_ckpt, progress.history, progress.final_metrics)
+
+    def _settle_config(self, info: DistInfo) -> Path:
+        """The run folder (a resumed run continues where ``--resume`` points); ``self.cfg`` becomes
+        the config the run records, with that folder and absolute paths."""
+        cfg = self.cfg
+        out_dir = Path(cfg.train.output_dir).expanduser()
+        if self.resume is not None:
+            out_dir = resume_output_dir(self.resume, cfg.train.output_dir)
+            if Path(cfg.train.output_dir).expanduser().resolve() != out_dir.resolve() and info.is_main:
+                log.warning("resuming %s: writing into %s, not into train.output_dir=%s (a resumed run "
+                            "continues where --resume points)", self.resume, out_dir, cfg.train.output_dir)
+            cfg = cfg.model_copy(update={"train": cfg.train.model_copy(update={"output_dir": str(out_dir)})})
+        # What the run records (config.yaml, each checkpoint's config.json) must mean the same from
+        # any directory: relative paths are made absolute, against the directory they are opened from.
+        self.cfg = cfg.with_absolute_paths()
+        return out_dir
+
+    def _grad_scaler(self, info: DistInfo) -> torch.amp.GradScaler:
+        use_scaler = self.cfg.train.amp == "fp16"
         if use_scaler and info.device.type != "cuda":
             raise ValueError("train.amp=fp16 needs a CUDA device; use train.amp=bf16 on the CPU")
-        scaler = torch.amp.GradScaler("cuda", enabled=use_scaler)
+        return torch.amp.GradScaler("cuda", enabled=use_scaler)
 
-        start_epoch, best_value, best_epoch, history = 0, None, None, []
-        if self.resume is not None:
-            ckpt, state, weights = load_resume_checkpoint(self.resume)
-            _load_run_weights(unwrap(model), weights, state.get("aux_state"))
-            optimizer.load_state_dict(state["optimizer"])
-            scaler.load_state_dict(state["scaler"])
-            set_rng_state(state["rng"])
-            start_epoch = int(state["epoch"]) + 1
-            best_value, best_epoch = state.get("best_value"), state.get("best_epoch")
-            history = list(state.get("history", []))
-            log.info("resumed from %s: continuing at epoch %d", ckpt, start_epoch)
+    def _restore(self, model: nn.Module, optimizer: torch.optim.Optimizer,
+                 scaler: torch.amp.GradScaler) -> _Progress:
+        """Where the run stands: the start, or the state of the checkpoint ``--resume`` names."""
+        if self.resume is None:
+            return _Progress()
+        ckpt, state, weights = load_resume_checkpoint(self.resume)
+        _load_run_weights(unwrap(model), weights, state.get("aux_state"))
+        optimizer.load_state_dict(state["optimizer"])
+        scaler.load_state_dict(state["scaler"])
+        set_rng_state(state["rng"])
+        progress = _Progress(start_epoch=int(state["epoch"]) + 1, best_value=state.get("best_value"),
+                             best_epoch=state.get("best_epoch"), history=list(state.get("history", [])))
+        log.info("resumed from %s: continuing at epoch %d", ckpt, progress.start_epoch)
+        return progress
 
+    def _wrap_for_training(self, model: nn.Module, info: DistInfo) -> nn.Module:
+        """DDP (with SyncBatchNorm on CUDA) and ``torch.compile`` as configured."""
         train_model: nn.Module = model
         if info.distributed:
             if info.device.type != "cuda" and any(isinstance(m, nn.BatchNorm2d) for m in model.modules()):
@@ -229,9 +297,12 @@ class Trainer:
                 device_ids=[info.local_rank] if info.device.type == "cuda" else None,
                 find_unused_parameters=True,  # the paper models keep tensors they never use
             )
-        if cfg.train.compile:
+        if self.cfg.train.compile:
             train_model = torch.compile(train_model)
+        return train_model
 
+    def _build_data(self, size: int, info: DistInfo) -> _Data:
+        cfg = self.cfg
         dataset = build_train_dataset(cfg, size)
         loader, sampler = build_train_loader(cfg, dataset, info)
         accum = cfg.train.accum_steps
@@ -243,86 +314,89 @@ class Trainer:
         test_loaders = {
             name: build_eval_loader(path, cfg, info, size=size) for name, path in cfg.data.test.items()
         }
+        return _Data(dataset, loader, sampler, steps_per_epoch, test_loaders)
 
-        # Only now, with the checkpoint read and the data found, is anything written into the run.
+    def _start_run_folder(self, out_dir: Path, model: nn.Module, data: _Data, info: DistInfo) -> None:
+        cfg = self.cfg
+        out_dir.mkdir(parents=True, exist_ok=True)
+        remove_stale_temporaries(out_dir)
+        text = yaml.safe_dump(cfg.to_dict(), sort_keys=False)
+        atomic_write(out_dir / "config.yaml", lambda tmp: tmp.write_text(text))
+        n_params = sum(p.numel() for p in model.parameters())
+        log.info("model %s: %s parameters", cfg.model.name, f"{n_params:,}")
+        log.info(
+            "training %d epochs × %d steps (batch %d × accum %d × %d processes) on %s; %d samples per epoch",
+            cfg.train.epochs, data.steps_per_epoch, cfg.train.batch_size, cfg.train.accum_steps, info.world_size,
+            info.device, len(data.dataset),
+        )
+
+    def _run_epoch(self, run: _Run, epoch: int) -> None:
+        """Train one epoch, evaluate when due, keep the best, save when due."""
+        cfg, info, progress = self.cfg, run.info, run.progress
+        torch.manual_seed(epoch_seed(cfg.train.seed, epoch, info.rank))
+        if hasattr(run.data.dataset, "set_epoch"):
+            run.data.dataset.set_epoch(epoch)
+        run.data.sampler.set_epoch(epoch)
+        t0 = time.time()
+        train_stats = self._train_one_epoch(
+            run.train_model, run.data.loader, run.optimizer, run.scaler, info, epoch, run.data.steps_per_epoch,
+            run.log,
+        )
+        seconds = round(time.time() - t0, 2)
+        record: dict[str, Any] = {"type": "train", "epoch": epoch, "seconds": seconds, **train_stats}
+        run.log.jsonl(record)
+        progress.history.append(record)
         if info.is_main:
-            out_dir.mkdir(parents=True, exist_ok=True)
-            remove_stale_temporaries(out_dir)
-            text = yaml.safe_dump(cfg.to_dict(), sort_keys=False)
-            atomic_write(out_dir / "config.yaml", lambda tmp: tmp.write_text(text))
-            pre = getattr(unwrap(model), "pretrained_note", None)
-            n_params = sum(p.numel() for p in model.parameters())
-            log.info("model %s: %s parameters%s", cfg.model.name, f"{n_params:,}", f" ({pre})" if pre else "")
-            log.info(
-                "training %d epochs × %d steps (batch %d × accum %d × %d processes) on %s; %d samples per epoch",
-                cfg.train.epochs, steps_per_epoch, cfg.train.batch_size, accum, info.world_size,
-                info.device, len(dataset),
-            )
-        run_log = RunLogger(out_dir, enabled=info.is_main, tensorboard=cfg.train.tensorboard)
+            terms = ", ".join(f"{k[6:]} {v:.4f}" for k, v in train_stats.items() if k.startswith("train_"))
+            log.info("epoch %d/%d: %s; lr %.2e; %.1f s", epoch + 1, cfg.train.epochs, terms,
+                     train_stats["lr"], seconds)
 
-        last_ckpt: Path | None = None
-        best_ckpt: Path | None = (out_dir / BEST_DIR) if best_epoch is not None else None
-        final_metrics: dict[str, dict[str, Any]] = {}
-        for epoch in range(start_epoch, cfg.train.epochs):
-            torch.manual_seed(epoch_seed(cfg.train.seed, epoch, info.rank))
-            if hasattr(dataset, "set_epoch"):
-                dataset.set_epoch(epoch)
-            sampler.set_epoch(epoch)
-            t0 = time.time()
-            train_stats = self._train_one_epoch(
-                train_model, loader, optimizer, scaler, info, epoch, steps_per_epoch, run_log
-            )
-            seconds = round(time.time() - t0, 2)
-            record: dict[str, Any] = {"type": "train", "epoch": epoch, "seconds": seconds, **train_stats}
-            run_log.jsonl(record)
-            history.append(record)
+        last = epoch == cfg.train.epochs - 1
+        results: dict[str, dict[str, Any]] = {}
+        if run.data.test_loaders and ((epoch + 1) % cfg.train.eval_every == 0 or last):
+            results = self._evaluate_all(run.model, run.data.test_loaders, info, epoch, run.log)
+            progress.final_metrics = results
+        improved = self._select_best(run, epoch, results) if results else False
+        if (epoch + 1) % cfg.train.save_every == 0 or last or improved:
             if info.is_main:
-                terms = ", ".join(f"{k[6:]} {v:.4f}" for k, v in train_stats.items() if k.startswith("train_"))
-                log.info("epoch %d/%d: %s; lr %.2e; %.1f s", epoch + 1, cfg.train.epochs, terms,
-                         train_stats["lr"], seconds)
+                self._save_epoch(run, epoch, results, improved)
+            barrier()
 
-            last = epoch == cfg.train.epochs - 1
-            results: dict[str, dict[str, Any]] = {}
-            if test_loaders and ((epoch + 1) % cfg.train.eval_every == 0 or last):
-                results = self._evaluate_all(model, test_loaders, info, epoch, run_log)
-                final_metrics = results
-            improved = False
-            if results:
-                value = _selection_value(results, cfg.train.best_metric)
-                if value is not None and (best_value is None or value > best_value):
-                    best_value, best_epoch, improved = value, epoch, True
-                eval_record = {"type": "eval", "epoch": epoch, "results": results,
-                               "selection": {cfg.train.best_metric: value}, "best_epoch": best_epoch}
-                run_log.jsonl(eval_record)
-                history.append(eval_record)
+    def _select_best(self, run: _Run, epoch: int, results: dict[str, dict[str, Any]]) -> bool:
+        """Record an evaluation; whether it beat the best so far on ``train.best_metric``."""
+        progress, metric = run.progress, self.cfg.train.best_metric
+        improved = False
+        value = _selection_value(results, metric)
+        if value is not None and (progress.best_value is None or value > progress.best_value):
+            progress.best_value, progress.best_epoch, improved = value, epoch, True
+        eval_record = {"type": "eval", "epoch": epoch, "results": results,
+                       "selection": {metric: value}, "best_epoch": progress.best_epoch}
+        run.log.jsonl(eval_record)
+        progress.history.append(eval_record)
+        return improved
 
-            if (epoch + 1) % cfg.train.save_every == 0 or last or improved:
-                if info.is_main:
-                    model_state, aux_state = _split_run_weights(unwrap(model))
-                    state = {
-                        "aux_state": aux_state,
-                        "optimizer": optimizer.state_dict(),
-                        "scaler": scaler.state_dict(),
-                        "rng": rng_state(),
-                        "epoch": epoch,
-                        "best_value": best_value,
-                        "best_epoch": best_epoch,
-                        "history": history,
-                        "forgeloc_version": __version__,
-                    }
-                    last_ckpt = save_checkpoint(
-                        out_dir, epoch, model_state,
-                        inference_config(cfg, model, size, epoch, results or None), state,
-                        keep_last=cfg.train.keep_last,
-                    )
-                    if improved:
-                        best_ckpt = copy_as_best(last_ckpt, out_dir)
-                        log.info("new best %s = %.4f at epoch %d", cfg.train.best_metric, best_value, epoch)
-                barrier()
-        run_log.close()
-        if info.is_main and final_metrics:
-            console.print(metrics_table(final_metrics, title=f"{cfg.model.name} — final evaluation"))
-        return TrainResult(out_dir, last_ckpt, best_ckpt, history, final_metrics)
+    def _save_epoch(self, run: _Run, epoch: int, results: dict[str, dict[str, Any]], improved: bool) -> None:
+        cfg, progress = self.cfg, run.progress
+        model_state, aux_state = _split_run_weights(unwrap(run.model))
+        state = {
+            "aux_state": aux_state,
+            "optimizer": run.optimizer.state_dict(),
+            "scaler": run.scaler.state_dict(),
+            "rng": rng_state(),
+            "epoch": epoch,
+            "best_value": progress.best_value,
+            "best_epoch": progress.best_epoch,
+            "history": progress.history,
+            "forgeloc_version": __version__,
+        }
+        progress.last_ckpt = save_checkpoint(
+            run.out_dir, epoch, model_state,
+            inference_config(cfg, run.model, run.size, epoch, results or None), state,
+            keep_last=cfg.train.keep_last,
+        )
+        if improved:
+            progress.best_ckpt = copy_as_best(progress.last_ckpt, run.out_dir)
+            log.info("new best %s = %.4f at epoch %d", cfg.train.best_metric, progress.best_value, epoch)
 
     # ---------------------------------------------------------------------------------------------
     def _train_one_epoch(
@@ -352,30 +426,15 @@ class Trainer:
                 if micro == 0:
                     lr = learning_rate(cfg.optim, epoch + opt_step / steps_per_epoch, cfg.train.epochs)
                     set_learning_rate(optimizer, lr)
-                defer_sync = isinstance(model, DistributedDataParallel) and micro < accum - 1
-                sync = model.no_sync() if defer_sync else nullcontext()
-                with sync:
-                    with autocast_context(info.device, cfg.train.amp):
-                        out = model(batch)
-                    loss = out["loss"]
-                    if not torch.isfinite(loss):
-                        terms = {k: float(v) for k, v in out.get("loss_terms", {}).items()}
-                        raise FloatingPointError(
-                            f"non-finite loss {float(loss)} at epoch {epoch}, step {opt_step} (terms {terms}); "
-                            "lower optim.lr, enable optim.grad_clip, or check the data"
-                        )
-                    scaler.scale(loss / accum).backward()
-                terms = {"loss": loss.detach(), **{k: v.detach() for k, v in out.get("loss_terms", {}).items()}}
+                out = self._forward_backward(model, batch, scaler, info, last_micro=micro == accum - 1,
+                                             where=f"epoch {epoch}, step {opt_step}")
+                terms = {"loss": out["loss"].detach(),
+                         **{k: v.detach() for k, v in out.get("loss_terms", {}).items()}}
                 for k, v in terms.items():
                     sums[k] = sums.get(k, 0.0) + float(v) / accum
                 if micro < accum - 1:
                     continue
-                if cfg.optim.grad_clip:
-                    scaler.unscale_(optimizer)
-                    nn.utils.clip_grad_norm_(model.parameters(), cfg.optim.grad_clip)
-                scaler.step(optimizer)
-                scaler.update()
-                optimizer.zero_grad(set_to_none=True)
+                self._optimizer_step(model, optimizer, scaler)
                 n_steps += 1
                 global_step = epoch * steps_per_epoch + opt_step
                 progress.update(task, advance=1, loss=f"{sums['loss'] / n_steps:.4f}", lr=f"{lr:.2e}")
@@ -389,6 +448,34 @@ class Trainer:
         means["lr"] = lr
         run_log.scalars(means, (epoch + 1) * steps_per_epoch, prefix="epoch/")
         return means
+
+    def _forward_backward(self, model: nn.Module, batch: dict[str, Any], scaler: torch.amp.GradScaler,
+                          info: DistInfo, *, last_micro: bool, where: str) -> dict[str, Any]:
+        """One micro-batch: forward under autocast, a finite-loss check, backward of ``loss / accum``
+        (DDP's gradient sync deferred to the last micro-batch of an optimiser step)."""
+        accum = self.cfg.train.accum_steps
+        defer_sync = isinstance(model, DistributedDataParallel) and not last_micro
+        with model.no_sync() if defer_sync else nullcontext():
+            with autocast_context(info.device, self.cfg.train.amp):
+                out = model(batch)
+            loss = out["loss"]
+            if not torch.isfinite(loss):
+                terms = {k: float(v) for k, v in out.get("loss_terms", {}).items()}
+                raise FloatingPointError(
+                    f"non-finite loss {float(loss)} at {where} (terms {terms}); "
+                    "lower optim.lr, enable optim.grad_clip, or check the data"
+                )
+            scaler.scale(loss / accum).backward()
+        return out
+
+    def _optimizer_step(self, model: nn.Module, optimizer: torch.optim.Optimizer,
+                        scaler: torch.amp.GradScaler) -> None:
+        if self.cfg.optim.grad_clip:
+            scaler.unscale_(optimizer)
+            nn.utils.clip_grad_norm_(model.parameters(), self.cfg.optim.grad_clip)
+        scaler.step(optimizer)
+        scaler.update()
+        optimizer.zero_grad(set_to_none=True)
 
     def _evaluate_all(
         self, model: nn.Module, loaders: dict[str, Any], info: DistInfo, epoch: int, run_log: RunLogger

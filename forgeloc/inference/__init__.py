@@ -3,6 +3,8 @@
 * :func:`load` / :class:`Predictor` / :class:`Prediction` (:mod:`forgeloc.inference.predictor`);
 * resize vs full-resolution tiled prediction (:mod:`forgeloc.inference.tiling`);
 * colour maps and overlays (:mod:`forgeloc.inference.visualize`);
+* many files into one folder, as ``forgeloc predict`` does (:mod:`forgeloc.inference.batch`; output
+  names in :mod:`forgeloc.inference.outputs`);
 * a self-contained HTML report (:mod:`forgeloc.inference.report`);
 * a local web page + JSON API (:mod:`forgeloc.inference.server`, needs FastAPI/uvicorn).
 """

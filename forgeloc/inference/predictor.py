@@ -49,10 +49,11 @@ from torch import nn
 import forgeloc.inference.tiling as tiling
 import forgeloc.inference.visualize as viz
 from forgeloc.data.io import DEFAULT_MAX_PIXELS, DecompressionBombError, ImageReadError, read_image
-from forgeloc.data.transforms import normalize
+from forgeloc.data.normalization import normalize
 from forgeloc.detectors import run_cue
 from forgeloc.detectors.base import CueResult, ImageInput
 from forgeloc.engine.runtime import autocast_context
+from forgeloc.inference.outputs import output_files
 from forgeloc.io import check_input_mode, check_threshold, resolve_device
 
 __all__ = ["MODES", "Prediction", "PredictionFailure", "Predictor", "load"]
@@ -155,10 +156,11 @@ class Prediction:
         folder = Path(folder)
         folder.mkdir(parents=True, exist_ok=True)
         stem = stem or Path(self.name).stem or "image"
+        targets = output_files(folder, stem)
         files = {
-            "heatmap": viz.write_png(folder / f"{stem}_heatmap.png", self.heatmap_rgb()),
-            "overlay": viz.write_png(folder / f"{stem}_overlay.png", self.overlay()),
-            "mask": viz.write_png(folder / f"{stem}_predmask.png", self.mask_uint8()),
+            "heatmap": viz.write_png(targets["heatmap"], self.heatmap_rgb()),
+            "overlay": viz.write_png(targets["overlay"], self.overlay()),
+            "mask": viz.write_png(targets["mask"], self.mask_uint8()),
         }
         out = {k: str(v) for k, v in files.items()}
         if write_json:
@@ -253,11 +255,11 @@ def load_input(item: Any, max_pixels: int = DEFAULT_MAX_PIXELS, name: str | None
         _check_pixels(item.width, item.height, max_pixels, where)
         from PIL import ImageOps
 
-        from forgeloc.data.io import _to_rgb  # same mode policy as files (alpha on white, 16-bit high byte)
+        from forgeloc.data.io import pil_to_rgb  # same mode policy as files (alpha on white, 16-bit high byte)
 
         item.load()
         # As for files: the photo the user sees, with its EXIF orientation applied.
-        return _to_rgb(ImageOps.exif_transpose(item), where, alpha="white")
+        return pil_to_rgb(ImageOps.exif_transpose(item), where, alpha="white")
     return read_image(item, max_pixels=max_pixels, name=name)
 
 

@@ -765,6 +765,46 @@ _COLUMNS = [("#", "num"), ("Photo", ""), ("Overlay", ""), ("Heatmap", ""), ("Nam
 SCORE_COLUMN = 5
 
 
+def _report_threshold(threshold: Any, rows: list[ReportEntry]) -> float | None:
+    """The threshold the legend shows: the one given, else the first entry's; None if not a number."""
+    if threshold is None and rows:
+        threshold = rows[0].threshold
+    try:
+        return None if threshold is None else float(threshold)
+    except (TypeError, ValueError):
+        return None
+
+
+def _failures_html(failures: list[PredictionFailure]) -> str:
+    if not failures:
+        return ""
+    items = "".join(f"<li><b>{_esc(f.source or f.name)}</b>: {_esc(f.error)}</li>" for f in failures)
+    return f'<section class="failures"><h2>Not analysed ({len(failures)})</h2><ul>{items}</ul></section>'
+
+
+def _header_html() -> str:
+    """The results table's header: sortable columns as buttons, the score column sorted first."""
+    cells = []
+    for i, (col, kind) in enumerate(_COLUMNS):
+        if not kind:
+            cells.append(f"<th>{col}</th>")
+            continue
+        initial = ' aria-sort="descending"' if i == SCORE_COLUMN else ""
+        cells.append(f'<th data-col="{i}" data-type="{kind}"{initial}><button type="button">{col}</button></th>')
+    return "".join(cells)
+
+
+def _verdict_key(calibration: Any, rows: list[ReportEntry]) -> tuple[str, str]:
+    """The verdict chips (or "uncalibrated score") and the sentence on the score bands."""
+    calibrated = bool(calibration) or any(e.verdict is not None for e in rows)
+    chips = "".join(f'<span class="verdict {verdict_class(v)}">{_esc(v)}</span> ' for v in VERDICTS) if (
+        calibrated) else '<span class="verdict v-uncalibrated">uncalibrated score</span> '
+    bands = verdict_bands(calibration) if calibration or not calibrated else (
+        "the model is calibrated, but its score bands were not given to this report")
+    return chips, bands
+
+
+# Over 60 lines only by the page's HTML template at its end; the parts are built by the helpers above.
 def render_report(
     entries: Iterable[ReportEntry],
     info: Mapping[str, Any],
@@ -790,13 +830,7 @@ def render_report(
     label = str(label) if label else "model label not recorded"
     warn = " warn" if ("unvalidated" in label or "demo model" in label or "not recorded" in label) else ""
     calibration = describe.get("calibration", info.get("calibration"))
-    threshold = describe.get("threshold", info.get("threshold"))
-    if threshold is None and rows:
-        threshold = rows[0].threshold
-    try:
-        threshold = None if threshold is None else float(threshold)
-    except (TypeError, ValueError):
-        threshold = None
+    threshold = _report_threshold(describe.get("threshold", info.get("threshold")), rows)
 
     settings = "".join(f"<dt>{_esc(k)}</dt><dd>{_esc(_setting_text(v))}</dd>" for k, v in info.items()
                        if v not in (None, "", [], ()) and not isinstance(v, Mapping))
@@ -807,24 +841,10 @@ def render_report(
 
     script_hash = base64.b64encode(hashlib.sha256(_SCRIPT.encode()).digest()).decode()
     csp = f"default-src 'none'; img-src data:; style-src 'unsafe-inline'; script-src 'sha256-{script_hash}'"
-    failure_html = ""
-    if failures:
-        items = "".join(f"<li><b>{_esc(f.source or f.name)}</b>: {_esc(f.error)}</li>" for f in failures)
-        failure_html = f'<section class="failures"><h2>Not analysed ({len(failures)})</h2><ul>{items}</ul></section>'
-    cells = []
-    for i, (col, kind) in enumerate(_COLUMNS):
-        if not kind:
-            cells.append(f"<th>{col}</th>")
-            continue
-        initial = ' aria-sort="descending"' if i == SCORE_COLUMN else ""
-        cells.append(f'<th data-col="{i}" data-type="{kind}"{initial}><button type="button">{col}</button></th>')
-    header = "".join(cells)
+    failure_html = _failures_html(failures)
+    header = _header_html()
     body = "".join(_entry_html(e, i + 1, len(_COLUMNS), files_base) for i, e in enumerate(rows))
-    calibrated = bool(calibration) or any(e.verdict is not None for e in rows)
-    chips = "".join(f'<span class="verdict {verdict_class(v)}">{_esc(v)}</span> ' for v in VERDICTS) if (
-        calibrated) else '<span class="verdict v-uncalibrated">uncalibrated score</span> '
-    bands = verdict_bands(calibration) if calibration or not calibrated else (
-        "the model is calibrated, but its score bands were not given to this report")
+    chips, bands = _verdict_key(calibration, rows)
     return f"""<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8">
 <meta http-equiv="Content-Security-Policy" content="{csp}">

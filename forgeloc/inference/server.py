@@ -285,6 +285,7 @@ def prediction_payload(result: Any, data: bytes, name: str, mode: str, input_siz
     }
 
 
+# Over 60 lines only by its docstring and the route declarations FastAPI reads; the work is in _Site.
 def create_app(
     predictor: Predictor,
     *,
@@ -302,27 +303,25 @@ def create_app(
     names accepted (any port; others get 400), e.g. :data:`LOCAL_HOSTS`; None accepts any ``Host``
     (:func:`serve` passes :data:`LOCAL_HOSTS` when bound to a loopback address).
     """
-    # One function on purpose: the routes are closures over this app's own state (the model lock,
-    # the prediction worker, the counters), so several apps (tests) never share any of it.
+    # The routes are thin closures over this app's own _Site (the model lock, the prediction worker,
+    # the counters), so several apps (tests) never share any of it.
     # No ``from __future__ import annotations`` in this module: FastAPI reads the route signatures
     # annotations at run time, and ``Request`` is imported here, not at module level.
     import contextlib
-    from types import SimpleNamespace
 
+    from forgeloc.extras import require
+
+    require("serve", "forgeloc's web page (forgeloc.inference.server)", "fastapi")
     from fastapi import FastAPI, Request
-    from fastapi.responses import JSONResponse, Response
+    from fastapi.responses import Response
 
     if max_upload_mb <= 0:
         raise ValueError(f"max_upload_mb must be positive, got {max_upload_mb}")
     if body_timeout_s <= 0 or min_body_rate <= 0:
         raise ValueError(f"body_timeout_s and min_body_rate must be positive, got {body_timeout_s}, {min_body_rate}")
-    max_bytes = int(max_upload_mb * 1024 * 1024)
     predictor.max_pixels = int(max_pixels)
-    lock = threading.Lock()
-    counter_lock = threading.Lock()
-    worker = _PredictionWorker()
-    # Counters the tests (and a curious operator) can read: app.state.forgeloc.
-    state = SimpleNamespace(in_flight=0, worker=worker, timed_out=0, dropped=0, disconnected=0)
+    site = _Site(predictor, max_upload_mb=max_upload_mb, display_side=display_side, body_timeout_s=body_timeout_s,
+                 min_body_rate=min_body_rate)
     hosts = None if allowed_hosts is None else {h.lower() for h in allowed_hosts}
     if hosts is not None and "[::1]" in hosts:
         hosts.add("::1")
@@ -330,152 +329,211 @@ def create_app(
     @contextlib.asynccontextmanager
     async def lifespan(_app: Any) -> Any:
         yield
-        worker.stop()
+        site.worker.stop()
 
     app = FastAPI(title="forgeloc", docs_url=None, redoc_url=None, openapi_url=None, lifespan=lifespan)
-    app.state.forgeloc = state
+    app.state.forgeloc = site.state
     app.add_middleware(_Guard, hosts=hosts)
-
-    def error(status: int, message: str, *, close: bool = False) -> JSONResponse:
-        # close: the body was not read to its end, so the connection cannot carry another request.
-        return JSONResponse({"detail": message}, status_code=status, headers={"Connection": "close"} if close else None)
-
-    def static(name: str) -> Response:
-        return Response(_static_file(name), media_type=_STATIC[name])
 
     @app.get("/", include_in_schema=False)
     def index() -> Response:
-        return static("index.html")
+        return _static_response("index.html")
 
     @app.get("/static/{name}", include_in_schema=False)
     def static_route(name: str) -> Response:
         if name not in _STATIC:
-            return error(404, "not found")
-        return static(name)
+            return _error(404, "not found")
+        return _static_response(name)
 
     @app.get("/api/health")
     def health() -> dict[str, Any]:
         return {"status": "ok", "model": predictor.model_name}
+
+    @app.get("/api/info")
+    def info() -> dict[str, Any]:
+        return site.info()
+
+    @app.post("/api/predict")
+    async def predict(request: Request, mode: str = "auto", threshold: float | None = None) -> Any:
+        return await site.predict(request, mode, threshold)
+
+    return app
+
+
+def _error(status: int, message: str, *, close: bool = False) -> Any:
+    """A JSON error answer. ``close``: the body was not read to its end, so the connection cannot
+    carry another request."""
+    from fastapi.responses import JSONResponse
+
+    return JSONResponse({"detail": message}, status_code=status, headers={"Connection": "close"} if close else None)
+
+
+def _static_response(name: str) -> Any:
+    from fastapi.responses import Response
+
+    return Response(_static_file(name), media_type=_STATIC[name])
+
+
+def _model_identity(predictor: Predictor) -> dict[str, Any]:
+    """What ``/api/info`` says about the model, computed once (hashing the weights takes a moment)."""
+    import forgeloc
 
     described = predictor.describe()
     try:
         weights = report.weights_sha256(described.get("checkpoint"))
     except OSError:
         weights = None
-    import forgeloc
-
-    identity = {
+    return {
         "label": described.get("label") or predictor.model_name,
         "version": forgeloc.__version__,
         "weights_sha256": weights,
         "bands": report.verdict_bands(described.get("calibration")),
     }
 
-    @app.get("/api/info")
-    def info() -> dict[str, Any]:
+
+class _Site:
+    """One app's model, limits and counters, and what its routes do."""
+
+    def __init__(self, predictor: Predictor, *, max_upload_mb: float, display_side: int, body_timeout_s: float,
+                 min_body_rate: float) -> None:
+        from types import SimpleNamespace
+
+        self.predictor = predictor
+        self.max_upload_mb = max_upload_mb
+        self.max_bytes = int(max_upload_mb * 1024 * 1024)
+        self.display_side = display_side
+        self.body_timeout_s, self.min_body_rate = body_timeout_s, min_body_rate
+        self.lock = threading.Lock()  # one prediction at a time
+        self.counter_lock = threading.Lock()
+        self.worker = _PredictionWorker()
+        # Counters the tests (and a curious operator) can read: app.state.forgeloc.
+        self.state = SimpleNamespace(in_flight=0, worker=self.worker, timed_out=0, dropped=0, disconnected=0)
+        self.identity = _model_identity(predictor)
+
+    def info(self) -> dict[str, Any]:
         lut = viz.colormap_lut()
         stops = [f"rgb({r},{g},{b})" for r, g, b in lut[:: 255 // 8].tolist()]
         return {
-            **{k: v for k, v in predictor.describe().items() if v is not None},
-            **identity,
-            "max_upload_mb": max_upload_mb,
-            "max_pixels": predictor.max_pixels,
+            **{k: v for k, v in self.predictor.describe().items() if v is not None},
+            **self.identity,
+            "max_upload_mb": self.max_upload_mb,
+            "max_pixels": self.predictor.max_pixels,
             "modes": list(MODES),
             "colormap": viz.COLORMAP,
             "colormap_stops": stops,
         }
 
-    def run_prediction(data: bytes, name: str, mode: str, threshold: float | None) -> dict[str, Any]:
+    def run_prediction(self, data: bytes, name: str, mode: str, threshold: float | None) -> dict[str, Any]:
         start = time.perf_counter()
-        with lock:
-            result = predictor.predict(data, mode=mode, threshold=threshold, name=name)
-        return prediction_payload(result, data, name, mode, predictor.input_size, display_side,
+        with self.lock:
+            result = self.predictor.predict(data, mode=mode, threshold=threshold, name=name)
+        return prediction_payload(result, data, name, mode, self.predictor.input_size, self.display_side,
                                   time.perf_counter() - start)
 
-    @app.post("/api/predict")
-    async def predict(request: Request, mode: str = "auto", threshold: float | None = None) -> Any:
+    def refuse(self, request: Any, mode: str, threshold: float | None) -> Any:
+        """The answer to a request refused before its body is read (bad options, multipart, a declared
+        size over the limit), or None."""
         if mode not in MODES:
-            return error(422, f"mode must be one of {', '.join(MODES)}, not {mode!r}")
+            return _error(422, f"mode must be one of {', '.join(MODES)}, not {mode!r}")
         try:
             if threshold is not None:
                 check_threshold(threshold)
         except ValueError as err:
-            return error(422, str(err))
+            return _error(422, str(err))
         ctype = request.headers.get("content-type", "")
         if ctype.startswith("multipart/"):
-            return error(415, "send the image file's raw bytes as the request body (e.g. curl --data-binary "
-                              "@photo.jpg), not a multipart form")
+            return _error(415, "send the image file's raw bytes as the request body (e.g. curl --data-binary "
+                               "@photo.jpg), not a multipart form")
         declared = request.headers.get("content-length")
-        limit_msg = f"upload too large: the limit is {max_upload_mb:g} MB"
         if declared is not None:
             try:
-                if int(declared) > max_bytes:
-                    return error(413, f"{limit_msg}, this file is {int(declared) / 2**20:.1f} MB", close=True)
+                if int(declared) > self.max_bytes:
+                    return _error(413, f"{self.limit_message}, this file is {int(declared) / 2**20:.1f} MB",
+                                  close=True)
             except ValueError:
-                return error(400, "invalid Content-Length header", close=True)
-        with counter_lock:
-            if state.in_flight >= MAX_IN_FLIGHT:
-                return error(503, "the server is busy with other images; try again in a moment")
-            state.in_flight += 1
-        try:
-            data = await read_body(request, limit_msg)
-            if isinstance(data, Response):
-                return data
-            if not data:
-                return error(400, "empty upload: send the image file's bytes as the request body")
-            name = _clean_name(request.headers.get("x-filename"))
-            try:
-                payload = await predict_while_connected(request, data, name, mode, threshold)
-            except DecompressionBombError as err:
-                return error(413, f"image too large: {err.reason}; this server analyses at most "
-                                  f"{predictor.max_pixels / 1e6:g} MP per image (forgeloc serve --max-pixels)")
-            except ImageReadError as err:
-                return error(415, f"not an image: {name} {err.reason}")
-            if payload is None:  # the client left: nobody to answer
-                return Response(status_code=400)
-            return JSONResponse(payload)
-        finally:
-            with counter_lock:
-                state.in_flight -= 1
+                return _error(400, "invalid Content-Length header", close=True)
+        return None
 
-    async def read_body(request: Request, limit_msg: str) -> bytes | Response:
-        """The whole body, or the response to send: 413 (too large), 408 (too slow / shorter than
-        declared), 400 (the client left: logged in one line)."""
+    @property
+    def limit_message(self) -> str:
+        return f"upload too large: the limit is {self.max_upload_mb:g} MB"
+
+    async def predict(self, request: Any, mode: str, threshold: float | None) -> Any:
+        """``POST /api/predict``: checks, then at most :data:`MAX_IN_FLIGHT` uploads held at once."""
+        refusal = self.refuse(request, mode, threshold)
+        if refusal is not None:
+            return refusal
+        with self.counter_lock:
+            if self.state.in_flight >= MAX_IN_FLIGHT:
+                return _error(503, "the server is busy with other images; try again in a moment")
+            self.state.in_flight += 1
+        try:
+            return await self.answer(request, mode, threshold)
+        finally:
+            with self.counter_lock:
+                self.state.in_flight -= 1
+
+    async def answer(self, request: Any, mode: str, threshold: float | None) -> Any:
+        """Read the upload, predict, and answer with the JSON or the reason it was refused."""
+        from fastapi.responses import JSONResponse, Response
+
+        data = await self.read_body(request)
+        if isinstance(data, Response):
+            return data
+        if not data:
+            return _error(400, "empty upload: send the image file's bytes as the request body")
+        name = _clean_name(request.headers.get("x-filename"))
+        try:
+            payload = await self.predict_while_connected(request, data, name, mode, threshold)
+        except DecompressionBombError as err:
+            return _error(413, f"image too large: {err.reason}; this server analyses at most "
+                               f"{self.predictor.max_pixels / 1e6:g} MP per image (forgeloc serve --max-pixels)")
+        except ImageReadError as err:
+            return _error(415, f"not an image: {name} {err.reason}")
+        if payload is None:  # the client left: nobody to answer
+            return Response(status_code=400)
+        return JSONResponse(payload)
+
+    async def read_body(self, request: Any) -> Any:
+        """The whole body (bytes), or the response to send: 413 (too large), 408 (too slow / shorter
+        than declared), 400 (the client left: logged in one line)."""
+        from fastapi.responses import Response
+
         loop = asyncio.get_running_loop()
         start = loop.time()
         chunks: list[bytes] = []
         size = 0
         receive = request.receive
         while True:
-            remaining = start + body_timeout_s + size / min_body_rate - loop.time()
+            remaining = start + self.body_timeout_s + size / self.min_body_rate - loop.time()
             try:
                 if remaining <= 0:
                     raise TimeoutError
                 message = await asyncio.wait_for(receive(), remaining)
             except (TimeoutError, asyncio.TimeoutError):
-                state.timed_out += 1
+                self.state.timed_out += 1
                 log.warning("%s: upload too slow (%d bytes in %.0f s); answered 408", _client(request), size,
                             loop.time() - start)
-                return error(408, f"the upload was too slow: the body must arrive within {body_timeout_s:g} s "
-                                  f"plus 1 s per {min_body_rate / 1024:g} KiB", close=True)
+                return _error(408, f"the upload was too slow: the body must arrive within {self.body_timeout_s:g} s "
+                                   f"plus 1 s per {self.min_body_rate / 1024:g} KiB", close=True)
             if message["type"] == "http.disconnect":
-                state.disconnected += 1
+                self.state.disconnected += 1
                 log.info("%s: client disconnected during the upload (%d bytes received)", _client(request), size)
                 return Response(status_code=400)
             chunk = message.get("body", b"")
             size += len(chunk)
-            if size > max_bytes:
-                return error(413, limit_msg, close=True)
+            if size > self.max_bytes:
+                return _error(413, self.limit_message, close=True)
             if chunk:
                 chunks.append(chunk)
             if not message.get("more_body", False):
                 return b"".join(chunks)
 
-    async def predict_while_connected(request: Request, data: bytes, name: str, mode: str,
+    async def predict_while_connected(self, request: Any, data: bytes, name: str, mode: str,
                                       threshold: float | None) -> dict[str, Any] | None:
         """Run the prediction on the worker thread; None when the client leaves first (a prediction not
         yet started is skipped, a running one finishes and its result is dropped)."""
-        future = worker.submit(run_prediction, data, name, mode, threshold)
+        future = self.worker.submit(self.run_prediction, data, name, mode, threshold)
         waiter = asyncio.wrap_future(future)
         try:
             while True:
@@ -484,7 +542,7 @@ def create_app(
                     return waiter.result()
                 if await request.is_disconnected():
                     started = not future.cancel()
-                    state.dropped += 1
+                    self.state.dropped += 1
                     log.info("%s: client disconnected %s; result dropped", _client(request),
                              "during its prediction" if started else "before its prediction started")
                     return None
@@ -492,8 +550,6 @@ def create_app(
             if not waiter.done():
                 future.cancel()
                 waiter.cancel()
-
-    return app
 
 
 def make_server(
@@ -514,6 +570,9 @@ def make_server(
     Bound to a loopback address, the server answers only to the ``Host`` names :data:`LOCAL_HOSTS` and
     ``extra_hosts`` (e.g. the public name a reverse proxy on the same machine passes on).
     """
+    from forgeloc.extras import require
+
+    require("serve", "forgeloc's web page (forgeloc.inference.server)", "uvicorn")
     import uvicorn
 
     local = host.lower() in _LOOPBACK_BINDS

@@ -45,6 +45,7 @@ __all__ = [
     "strip_aux_state_dict",
     "supervised_contrastive_loss",
     "switch_contour",
+    "unwrap_aux_loss",
     "wrap_with_aux_loss",
 ]
 
@@ -116,6 +117,11 @@ class AuxLossWrapper(ForgeryModel):
         out["loss_terms"] = {**out.get("loss_terms", {}), **terms}
         return out
 
+    @property
+    def inner(self) -> ForgeryModel:
+        """The wrapped model (what inference runs; its config is the checkpoint's)."""
+        return self.model
+
     def inner_state_dict(self) -> dict[str, torch.Tensor]:
         """The inner model's state dict (what inference needs; the auxiliary heads are dropped)."""
         return self.model.state_dict()
@@ -145,6 +151,11 @@ def checkpoint_filter_fn(state_dict: Mapping[str, torch.Tensor], model: AuxLossW
     out = {f"model.{k}": v for k, v in sd.items()}
     out.update({f"aux.{k}": v for k, v in model.aux.state_dict().items()})
     return out
+
+
+def unwrap_aux_loss(model: torch.nn.Module) -> torch.nn.Module:
+    """The model inside an :class:`AuxLossWrapper`, or ``model`` itself when it is not wrapped."""
+    return model.inner if isinstance(model, AuxLossWrapper) else model
 
 
 def _infer_feature_channels(model: ForgeryModel) -> int:

@@ -37,7 +37,6 @@ Label codes used throughout: 0 authentic, 1 tampered, 2 contour, -1 ignored (no 
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
 from dataclasses import asdict, dataclass, fields
 from typing import Any
 
@@ -456,9 +455,3 @@ class NCLLoss(nn.Module):
 
     def extra_repr(self) -> str:
         return ", ".join(f"{k}={v}" for k, v in self.cfg.to_dict().items())
-
-
-def split_options(options: Mapping[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
-    """Split a dict into (NCL loss options, everything else)."""
-    names = set(NCLLossConfig.option_names())
-    return {k: v for k, v in options.items() if k in names}, {k: v for k, v in options.items() if k not in names}

@@ -6,8 +6,21 @@ definitions are available by name: ``"forgeloc"`` (default, exact, authentic ima
 pixel F1/IoU/AUC) and ``"imdlbenco"`` (IMDLBenCo 0.1.45's numbers). See ``docs/metrics.md``.
 """
 
+from __future__ import annotations
+
+from typing import Any
+
 from forgeloc.metrics import functional
-from forgeloc.metrics.collection import ForgeryMetrics
 from forgeloc.metrics.functional import imdlbenco_droplast_mean
 
 __all__ = ["ForgeryMetrics", "functional", "imdlbenco_droplast_mean"]
+
+
+def __getattr__(name: str) -> Any:
+    # Imported on use: ForgeryMetrics needs torchmetrics (the train extra); prediction reads only
+    # forgeloc.metrics.image, which must not pull it in.
+    if name == "ForgeryMetrics":
+        from forgeloc.metrics.collection import ForgeryMetrics
+
+        return ForgeryMetrics
+    raise AttributeError(f"module 'forgeloc.metrics' has no attribute {name!r}")

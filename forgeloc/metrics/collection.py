@@ -43,6 +43,32 @@ _COL = {name: i for i, name in enumerate(COLUMNS)}
 _PERMUTE = {False: "origin", "origin": "origin", True: "double", "double": "double", "reverse": "reverse"}
 
 
+def _take(keep: list[int], pred: Tensor, mask: Tensor, *optional: Tensor | None) -> tuple[Tensor | None, ...]:
+    """The batch rows ``keep`` of every tensor (``None`` stays ``None``)."""
+    sel = torch.tensor(keep, device=pred.device)
+    return pred[sel], mask[sel], *(None if t is None else t[sel.to(t.device)] for t in optional)
+
+
+def _checked_maps(pred_mask: Tensor, mask: Tensor, shape_mask: Tensor | None) -> tuple[Tensor, Tensor, Tensor | None]:
+    """``pred_mask`` as float probabilities in [0, 1], ``mask`` and ``shape_mask`` binary, all (B, 1, H, W)
+    on ``pred_mask``'s device; a clear error for anything else."""
+    pred = _as_4d("pred_mask", pred_mask)
+    if pred.dtype in (torch.float16, torch.bfloat16):
+        pred = pred.float()
+    if not pred.is_floating_point():
+        raise TypeError(f"pred_mask must be floating point probabilities, got {pred.dtype}")
+    if not bool(((pred >= 0) & (pred <= 1)).all()):
+        raise ValueError("pred_mask must hold probabilities in [0, 1] without NaN (apply sigmoid first)")
+    mask = _as_4d("mask", mask, pred).to(pred.device)
+    _check_binary("mask", mask)
+    if shape_mask is not None:
+        shape_mask = _as_4d("shape_mask", shape_mask, pred).to(pred.device)
+        _check_binary("shape_mask", shape_mask)
+        if bool((shape_mask.flatten(1).sum(1) == 0).any()):
+            raise ValueError("an image has no valid pixel (its shape_mask is all zero)")
+    return pred, mask, shape_mask
+
+
 def _as_4d(name: str, x: Tensor, like: Tensor | None = None) -> Tensor:
     if not isinstance(x, Tensor):
         raise TypeError(f"{name} must be a torch.Tensor, got {type(x).__name__}")
@@ -210,20 +236,7 @@ class ForgeryMetrics(Metric):
             pred_label: (B,) the model's own image probability, used as the image score.
             index: (B,) integer data-set indices; a repeated index counts once.
         """
-        pred = _as_4d("pred_mask", pred_mask)
-        if pred.dtype in (torch.float16, torch.bfloat16):
-            pred = pred.float()
-        if not pred.is_floating_point():
-            raise TypeError(f"pred_mask must be floating point probabilities, got {pred.dtype}")
-        if not bool(((pred >= 0) & (pred <= 1)).all()):
-            raise ValueError("pred_mask must hold probabilities in [0, 1] without NaN (apply sigmoid first)")
-        mask = _as_4d("mask", mask, pred).to(pred.device)
-        _check_binary("mask", mask)
-        if shape_mask is not None:
-            shape_mask = _as_4d("shape_mask", shape_mask, pred).to(pred.device)
-            _check_binary("shape_mask", shape_mask)
-            if bool((shape_mask.flatten(1).sum(1) == 0).any()):
-                raise ValueError("an image has no valid pixel (its shape_mask is all zero)")
+        pred, mask, shape_mask = _checked_maps(pred_mask, mask, shape_mask)
         batch = pred.shape[0]
         label = _per_image("label", label, batch)
         if label is not None:
@@ -231,40 +244,22 @@ class ForgeryMetrics(Metric):
         pred_label = _per_image("pred_label", pred_label, batch)
         index = _per_image("index", index, batch)
 
-        keep = list(range(batch))
         if index is not None:
-            if index.is_floating_point() or bool((index < 0).any()):
-                raise ValueError("index must hold non-negative integers")
-            keep = []
-            for i, k in enumerate(index.tolist()):
-                if k not in self._seen:
-                    self._seen.add(k)
-                    keep.append(i)
+            keep = self._first_seen(index)
             if not keep:
                 return
             if len(keep) < batch:
-                sel = torch.tensor(keep, device=pred.device)
-                pred, mask = pred[sel], mask[sel]
-                shape_mask = shape_mask[sel] if shape_mask is not None else None
-                label = label[keep] if label is not None else None
-                pred_label = pred_label[keep] if pred_label is not None else None
-                index = index[keep]
+                pred, mask, shape_mask, label, pred_label, index = _take(
+                    keep, pred, mask, shape_mask, label, pred_label, index)
                 batch = len(keep)
 
         stats = pixel_stats(
             pred, mask, shape_mask, threshold=self.threshold, definition=self.definition,
             orientation=self.orientation, tie_order=self.tie_order,
         )
-        n_pos = stats[:, PIXEL_COLUMNS.index("n_pos")]
         if label is None:
-            label = (n_pos > 0).double()
-        if pred_label is not None and self.use_pred_label:
-            score_native = pred_label.to(pred.device)
-            from_model = 1.0
-        else:
-            score_native = FM.reduce_image_score(pred, shape_mask, self.image_score, self.topk_fraction)
-            score_native = score_native.to(pred.dtype)
-            from_model = 0.0
+            label = (stats[:, PIXEL_COLUMNS.index("n_pos")] > 0).double()
+        score_native, from_model = self._image_scores(pred, shape_mask, pred_label)
         # the decision is taken in the score's own dtype, as IMDLBenCo compares float32 scores
         score_pos = score_native > self.image_threshold
         rank = dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
@@ -273,9 +268,7 @@ class ForgeryMetrics(Metric):
                 index.double().cpu() if index is not None else torch.full((batch,), -1.0, dtype=torch.float64),
                 torch.full((batch,), float(rank), dtype=torch.float64),
                 torch.arange(self._seq, self._seq + batch, dtype=torch.float64),
-                score_native.double().cpu(),
-                score_pos.double().cpu(),
-                label.double().cpu(),
+                score_native.double().cpu(), score_pos.double().cpu(), label.double().cpu(),
                 torch.full((batch,), from_model, dtype=torch.float64),
             ],
             1,
@@ -284,6 +277,25 @@ class ForgeryMetrics(Metric):
         if self.bins:
             self._update_histograms(pred, mask, shape_mask, stats, rank, self._seq + batch - 1)
         self._seq += batch
+
+    def _first_seen(self, index: Tensor) -> list[int]:
+        """Positions in the batch whose data-set index has not been counted yet (now marked as seen)."""
+        if index.is_floating_point() or bool((index < 0).any()):
+            raise ValueError("index must hold non-negative integers")
+        keep = []
+        for i, k in enumerate(index.tolist()):
+            if k not in self._seen:
+                self._seen.add(k)
+                keep.append(i)
+        return keep
+
+    def _image_scores(self, pred: Tensor, shape_mask: Tensor | None,
+                      pred_label: Tensor | None) -> tuple[Tensor, float]:
+        """Each image's score in its native dtype, and 1.0 when it is the model's own ``pred_label``."""
+        if pred_label is not None and self.use_pred_label:
+            return pred_label.to(pred.device), 1.0
+        score = FM.reduce_image_score(pred, shape_mask, self.image_score, self.topk_fraction)
+        return score.to(pred.dtype), 0.0
 
     def _update_histograms(
         self, pred: Tensor, mask: Tensor, shape_mask: Tensor | None, stats: Tensor, rank: int, last_seq: int

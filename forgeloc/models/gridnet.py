@@ -47,7 +47,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from forgeloc.data.transforms import IMAGENET_MEAN, IMAGENET_STD
+from forgeloc.data.normalization import IMAGENET_MEAN, IMAGENET_STD
 from forgeloc.models.base import ForgeryModel
 from forgeloc.models.registry import register_model
 
