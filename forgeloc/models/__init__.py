@@ -1,6 +1,35 @@
-"""Model families (one file each) and the registry. See :mod:`forgeloc.models.base` for the contract."""
+"""Model families (one file each) and the registry. See :mod:`forgeloc.models.base` for the contract.
+
+CPU performance switches: :func:`set_cpu_linear_backend` / :func:`cpu_linear_backend` (where Linear
+GEMMs run, :mod:`forgeloc.models.fast_cpu`) and :func:`fuse_for_inference` / :func:`unfuse` (the
+inference-only block variants, :mod:`forgeloc.models.fusion`).
+"""
+
+from typing import Any
 
 from forgeloc.models.base import ForgeryModel
+from forgeloc.models.fast_cpu import cpu_linear_backend, set_cpu_linear_backend
 from forgeloc.models.registry import create_model, list_models, register_model
 
-__all__ = ["ForgeryModel", "create_model", "list_models", "register_model"]
+__all__ = [
+    "ForgeryModel",
+    "cpu_linear_backend",
+    "create_model",
+    "fuse_for_inference",
+    "fused_for_inference",
+    "list_models",
+    "register_model",
+    "set_cpu_linear_backend",
+    "unfuse",
+]
+
+_FUSION_NAMES = ("fuse_for_inference", "fused_for_inference", "unfuse")
+
+
+def __getattr__(name: str) -> Any:
+    # forgeloc.models.fusion imports the model families; only load them when fusion is asked for.
+    if name in _FUSION_NAMES:
+        from forgeloc.models import fusion
+
+        return getattr(fusion, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -37,7 +37,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from forgeloc.models.base import ForgeryModel
-from forgeloc.models.layers import DropPath, Linear, MixFFN, chunked_inference, conv2d_gelu, inference_chunk
+from forgeloc.models.layers import DropPath, Linear, MixFFN
 from forgeloc.models.registry import register_model
 
 __all__ = [
@@ -133,9 +133,10 @@ class CMlp(nn.Module):
         self.drop = nn.Dropout(drop)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        # ``act`` (exact GELU) is fused into fc1 where oneDNN allows it (layers.conv2d_gelu)
-        x = self.drop(conv2d_gelu(x, self.fc1.weight, self.fc1.bias))
-        return self.drop(self.fc2(x))
+        x = self.act(self.fc1(x))
+        x = self.drop(x)
+        x = self.fc2(x)
+        return self.drop(x)
 
 
 class CBlock(nn.Module):
@@ -159,20 +160,7 @@ class CBlock(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = x + self.pos_embed(x)
         x = x + self.drop_path(self.conv2(self.attn(self.conv1(self.norm1(x)))))
-        if chunked_inference(x) and not self.training:
-            return self._mlp_residual_inplace(x)
         return x + self.drop_path(self.mlp(self.norm2(x)))
-
-    def _mlp_residual_inplace(self, x: torch.Tensor) -> torch.Tensor:
-        """Inference: ``x + mlp(norm2(x))`` with the per-pixel MLP run on bands of rows, written
-        over the BatchNorm output; the 4x-wide hidden map exists for one band at a time."""
-        y = self.norm2(x)
-        B, _, H, W = y.shape
-        rows = inference_chunk(B * W * self.mlp.fc1.out_channels)
-        for r0 in range(0, H, rows):
-            band = y[:, :, r0 : r0 + rows]
-            band.copy_(self.mlp(band))
-        return y.add_(x)
 
 
 class SparseAttention(nn.Module):
@@ -202,16 +190,8 @@ class SparseAttention(nn.Module):
         tokens = sparse_group(x, sparse_size)
         BG, N, _ = tokens.shape
         q, k, v = self.qkv(tokens).view(BG, N, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4).unbind(0)
-        if torch.jit.is_tracing():
-            # FLOP counters (fvcore) trace the model and have no handler for the fused SDPA op; the
-            # explicit form makes them count the two attention matmuls. Same math.
-            attn = ((q @ k.transpose(-2, -1)) * self.scale).softmax(dim=-1)
-            attn = F.dropout(attn, self.attn_drop, self.training)
-            out = attn @ v
-        else:
-            out = F.scaled_dot_product_attention(
-                q, k, v, dropout_p=self.attn_drop if self.training else 0.0, scale=self.scale
-            )
+        drop = self.attn_drop if self.training else 0.0
+        out = F.scaled_dot_product_attention(q, k, v, dropout_p=drop, scale=self.scale)
         # (B·G, heads, N, d) → (B·G, N, heads, d) is a view; the ungroup copy merges heads back.
         out = sparse_ungroup(out.transpose(1, 2), B, H, W)
         return self.proj_drop(self.proj(out))
