@@ -190,8 +190,16 @@ class SparseAttention(nn.Module):
         tokens = sparse_group(x, sparse_size)
         BG, N, _ = tokens.shape
         q, k, v = self.qkv(tokens).view(BG, N, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4).unbind(0)
-        drop = self.attn_drop if self.training else 0.0
-        out = F.scaled_dot_product_attention(q, k, v, dropout_p=drop, scale=self.scale)
+        if torch.jit.is_tracing():
+            # FLOP counters (fvcore) trace the model and have no handler for the fused SDPA op; the
+            # explicit form makes them count the two attention matmuls. Same math.
+            attn = ((q @ k.transpose(-2, -1)) * self.scale).softmax(dim=-1)
+            attn = F.dropout(attn, self.attn_drop, self.training)
+            out = attn @ v
+        else:
+            out = F.scaled_dot_product_attention(
+                q, k, v, dropout_p=self.attn_drop if self.training else 0.0, scale=self.scale
+            )
         # (B·G, heads, N, d) → (B·G, N, heads, d) is a view; the ungroup copy merges heads back.
         out = sparse_ungroup(out.transpose(1, 2), B, H, W)
         return self.proj_drop(self.proj(out))
