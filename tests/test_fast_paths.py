@@ -1,4 +1,8 @@
-"""The CPU fast paths (oneDNN GEMMs, fused GELU, chunked inference) compute the same functions."""
+"""The CPU fast paths (oneDNN GEMMs, fused GELU, chunked inference) compute the same functions.
+
+The kernels live in ``forgeloc.models.fast_cpu``; the inference-only block variants are swapped in
+by ``forgeloc.models.fuse_for_inference``.
+"""
 
 from __future__ import annotations
 
@@ -11,8 +15,9 @@ import torch
 import torch.nn.functional as F
 
 from forgeloc import create_model
-from forgeloc.models import layers
-from forgeloc.models.layers import MixFFN, conv2d_gelu, linear
+from forgeloc.models import fuse_for_inference, fused_for_inference, layers, set_cpu_linear_backend, unfuse
+from forgeloc.models.fast_cpu import conv2d_gelu, linear
+from forgeloc.models.layers import MixFFN
 
 
 @pytest.mark.parametrize("shape", [(7, 24), (2, 5, 24), (1, 3, 4, 24)])
@@ -43,10 +48,13 @@ def test_linear_takes_non_contiguous_input_and_no_bias():
     torch.testing.assert_close(linear(x, w), F.linear(x, w), atol=1e-5, rtol=1e-5)
 
 
-def test_blas_backend_is_f_linear(monkeypatch):
-    monkeypatch.setattr(layers, "_CPU_LINEAR_BACKEND", "blas")
-    x, w, b = torch.randn(9, 16), torch.randn(8, 16), torch.randn(8)
-    assert torch.equal(linear(x, w, b), F.linear(x, w, b))
+def test_blas_backend_is_f_linear():
+    previous = set_cpu_linear_backend("blas")
+    try:
+        x, w, b = torch.randn(9, 16), torch.randn(8, 16), torch.randn(8)
+        assert torch.equal(linear(x, w, b), F.linear(x, w, b))
+    finally:
+        set_cpu_linear_backend(previous)
 
 
 @pytest.mark.parametrize("groups,kernel", [(1, 1), (12, 3), (1, 3)])
@@ -61,22 +69,23 @@ def test_conv2d_gelu_fused_equals_two_ops(groups, kernel):
     torch.testing.assert_close(out, ref, atol=1e-5, rtol=1e-5)
 
 
-def test_mix_ffn_bands_equal_the_whole_grid(monkeypatch):
+def test_mix_ffn_bands_equal_the_whole_grid():
     """Banded inference (halo rows, zero padding only at the image border) is the same function."""
     torch.manual_seed(2)
     ffn = MixFFN(8, 32).eval()
     H, W = 11, 6
     x = torch.randn(2, H * W, 8)
     whole = ffn(x, H, W)  # grad mode: the plain path
-    monkeypatch.setattr(layers, "INFERENCE_CHUNK_ELEMENTS", 2 * W * 32 * 3)  # bands of 3 rows: 4 bands
+    fuse_for_inference(ffn, chunk_elements=2 * W * 32 * 3)  # bands of 3 rows: 4 bands
     with torch.no_grad():
         banded = ffn(x, H, W)
     torch.testing.assert_close(banded, whole.detach(), atol=1e-5, rtol=1e-5)
 
 
+@pytest.mark.parametrize("chunk_elements", [512, None])  # many chunks and bands / the default size
 @pytest.mark.parametrize("name", ["mesorch_tiny", "mesorch_p_tiny", "sparsevit_tiny"])
-def test_inference_paths_equal_the_autograd_path(name, monkeypatch):
-    """A whole model under no_grad (fused, chunked, in place) gives the training graph's outputs."""
+def test_inference_paths_equal_the_autograd_path(name, chunk_elements):
+    """A whole fused model (fused GELU, chunked, in place) gives the training graph's outputs."""
     torch.manual_seed(3)
     model = create_model(name).eval()
     for p in model.parameters():  # layer scales and biases far from their 1e-6 / 0 inits
@@ -84,14 +93,14 @@ def test_inference_paths_equal_the_autograd_path(name, monkeypatch):
     size = model.input_size
     image = torch.randn(1, 3, size, size)
     reference = model({"image": image})["logits"].detach()
-    monkeypatch.setattr(layers, "INFERENCE_CHUNK_ELEMENTS", 512)  # many chunks and bands
+    fuse_for_inference(model, **({"chunk_elements": chunk_elements} if chunk_elements else {}))
     with torch.inference_mode():
         fast = model({"image": image})["logits"]
     torch.testing.assert_close(fast, reference, atol=1e-4, rtol=1e-4)
 
 
 def test_backend_choice_is_validated_and_reported():
-    code = "from forgeloc.models import layers; print(layers.cpu_linear_backend())"
+    code = "from forgeloc.models import fast_cpu; print(fast_cpu.cpu_linear_backend())"
     for value, expected in (("blas", "blas"), ("onednn", None)):
         env = {**os.environ, "FORGELOC_CPU_LINEAR": value}
         out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, check=True)
@@ -112,3 +121,54 @@ def test_token_grid_keeps_channels_last_for_a_single_image():
     # the spelling it replaces: the convolution falls back to NCHW
     naive = x.transpose(1, 2).reshape(1, 7, 6, 5)
     assert F.conv2d(naive, weight, padding=1, groups=7).is_contiguous()
+
+
+def test_backend_switch_is_validated():
+    with pytest.raises(ValueError, match="'onednn' or 'blas'"):
+        set_cpu_linear_backend("mkl")
+
+
+@pytest.mark.parametrize("name", ["mesorch_tiny", "sparsevit_tiny"])
+def test_fusion_keeps_the_state_dict_and_is_undone_for_training(name):
+    model = create_model(name).eval()
+    plain_classes = [type(m) for m in model.modules()]
+    before = model.state_dict()
+    fuse_for_inference(model)
+    fused = [m for m in model.modules() if type(m).__name__.startswith("Fused")]
+    assert fused, "no block was fused"
+    after = model.state_dict()
+    assert list(after) == list(before)
+    assert all(torch.equal(after[k], before[k]) for k in before)
+    with pytest.raises(RuntimeError, match="fused for inference"):
+        model({"image": torch.randn(1, 3, model.input_size, model.input_size)})  # autograd on
+    model.train()
+    assert [type(m) for m in model.modules()] == plain_classes
+    with pytest.raises(ValueError, match="eval mode"):
+        fuse_for_inference(model)
+    model.eval()
+    unfuse(fuse_for_inference(model))
+    assert [type(m) for m in model.modules()] == plain_classes
+
+
+def test_scoped_fusion_restores_only_what_it_fused():
+    model = create_model("sparsevit_tiny").eval()
+    block = model.encoder_net.blocks1[0]
+    with fused_for_inference(model):
+        assert type(block).__name__ == "FusedCBlock"
+    assert type(block).__name__ == "CBlock"
+    fuse_for_inference(model)
+    with fused_for_inference(model):
+        pass
+    assert type(block).__name__ == "FusedCBlock"
+    with fused_for_inference(unfuse(model), enabled=False):
+        assert type(block).__name__ == "CBlock"
+
+
+def test_predictor_fuses_on_the_cpu_only_without_autocast():
+    from forgeloc.inference.predictor import Predictor
+
+    model = create_model("mesorch_tiny")
+    Predictor(model, device="cpu", amp="bf16")
+    assert not any(type(m).__name__.startswith("Fused") for m in model.modules())
+    Predictor(model, device="cpu")
+    assert any(type(m).__name__.startswith("Fused") for m in model.modules())

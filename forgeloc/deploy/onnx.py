@@ -27,6 +27,7 @@ does not, :class:`ExportError` says by how much and no file is left behind.
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import io
 import json
@@ -229,7 +230,11 @@ def export_onnx(predictor: Any, out_dir: str | Path, *, source: str | None = Non
     model = getattr(predictor, "model", None)
     if model is None:
         raise ExportError(f"{predictor.model_name} is a training-free detector: there is no network to export")
-    model = model.float().eval()
+    # A copy in plain float32 eval form: the predictor's own model may be fused for CPU inference
+    # (forgeloc.models.fusion), and the graph must hold the plain operators.
+    from forgeloc.models.fusion import unfuse
+
+    model = unfuse(copy.deepcopy(model)).float().eval()
     spec = _graph_spec(model, predictor.input_size)
     onnx_bytes = _trace(spec)
     check = _check(spec, onnx_bytes)

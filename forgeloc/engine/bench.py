@@ -175,10 +175,10 @@ def measure(
         "amp": amp, "channels_last": channels_last, "compile": compile, "threads": torch.get_num_threads(),
         "torch": torch.__version__, "params": n_params,
     }
-    if dev.type == "cpu":  # where the float32 Linear GEMMs ran (forgeloc.models.layers.linear)
-        from forgeloc.models import layers
+    if dev.type == "cpu":  # where the float32 Linear GEMMs ran (forgeloc.models.fast_cpu.linear)
+        from forgeloc.models.fast_cpu import cpu_linear_backend
 
-        result["cpu_linear"] = layers.cpu_linear_backend()
+        result["cpu_linear"] = cpu_linear_backend()
     if flops and not train:
         result["gflops"] = round(count_flops(model, size) / 1e9, 3)
     model.to(dev)
@@ -192,6 +192,10 @@ def measure(
     runner = torch.compile(model) if compile else model
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-5) if train else None
     model.train(train)
+    if not train and dev.type == "cpu" and amp == "none":  # what Predictor runs (after the FLOP count)
+        from forgeloc.models.fusion import fuse_for_inference
+
+        fuse_for_inference(model)
 
     def step() -> None:
         if train:

@@ -33,30 +33,34 @@ def evaluate(
     de-duplicate by the samples' ``index`` in any case. ``on_batch(batch, output)`` lets callers
     collect predictions (e.g. sample heatmaps for TensorBoard) without a second loop.
     """
+    from forgeloc.models.fusion import fused_for_inference
+
     net = unwrap(model)
     was_training = net.training
     net.eval()
     metrics = ForgeryMetrics(definition=definition, threshold=threshold, image_score=image_score)
     metrics.to(device)
     loss_sum = torch.zeros(2, dtype=torch.float64, device=device)
-    for batch in loader:
-        batch = move_batch(batch, device, channels_last)
-        with autocast_context(device, amp):
-            out = net(batch)
-        pred = out["pred_mask"].float()
-        metrics.update(
-            pred,
-            batch["mask"],
-            shape_mask=batch.get("shape_mask"),
-            label=batch.get("label"),
-            pred_label=None if out.get("pred_label") is None else out["pred_label"].float(),
-            index=batch.get("index"),
-        )
-        if out.get("loss") is not None:
-            n = pred.shape[0]
-            loss_sum += torch.tensor([float(out["loss"]) * n, n], dtype=torch.float64, device=device)
-        if on_batch is not None:
-            on_batch(batch, out)
+    # On the CPU without autocast the blocks' inference kernels run, as in Predictor.
+    with fused_for_inference(net, enabled=device.type == "cpu" and amp == "none"):
+        for batch in loader:
+            batch = move_batch(batch, device, channels_last)
+            with autocast_context(device, amp):
+                out = net(batch)
+            pred = out["pred_mask"].float()
+            metrics.update(
+                pred,
+                batch["mask"],
+                shape_mask=batch.get("shape_mask"),
+                label=batch.get("label"),
+                pred_label=None if out.get("pred_label") is None else out["pred_label"].float(),
+                index=batch.get("index"),
+            )
+            if out.get("loss") is not None:
+                n = pred.shape[0]
+                loss_sum += torch.tensor([float(out["loss"]) * n, n], dtype=torch.float64, device=device)
+            if on_batch is not None:
+                on_batch(batch, out)
     results = dict(metrics.compute())
     if dist.is_available() and dist.is_initialized():
         dist.all_reduce(loss_sum)

@@ -438,6 +438,10 @@ class Predictor:
         if model is None and not tuple(fuse):
             raise ValueError("a Predictor needs a model, or at least one training-free detector to fuse")
         self.model = None if model is None else model.to(self.device).eval()
+        if self.model is not None and self.device.type == "cpu" and self.amp == "none":
+            from forgeloc.models.fusion import fuse_for_inference
+
+            fuse_for_inference(self.model)  # the CPU inference kernels; model.train() undoes it
         self.input_size = size
         self.input_mode = input_mode
         self.threshold = float(threshold)

@@ -46,17 +46,7 @@ from torch import nn
 
 from forgeloc.io.state_dict import KeyReport, load_state_dict_file
 from forgeloc.models.base import ForgeryModel
-from forgeloc.models.layers import (
-    DropPath,
-    LayerNorm2d,
-    Linear,
-    MixFFN,
-    chunked_inference,
-    conv2d_gelu,
-    inference_chunk,
-    linear,
-    tokens_to_grid,
-)
+from forgeloc.models.layers import DropPath, LayerNorm2d, Linear, MixFFN, tokens_to_grid
 from forgeloc.models.registry import register_model
 
 logger = logging.getLogger(__name__)
@@ -199,8 +189,7 @@ class ConvMlp(nn.Module):
         self.fc2 = Linear(hidden, dim)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        # ``act`` (exact GELU) is fused into fc1 where oneDNN allows it (layers.conv2d_gelu)
-        return self.fc2(linear(x, self.fc1.weight, self.fc1.bias, gelu=True))
+        return self.fc2(self.act(self.fc1(x)))
 
 
 class ConvNeXtBlock(nn.Module):
@@ -215,22 +204,10 @@ class ConvNeXtBlock(nn.Module):
         self.drop_path = DropPath(drop_path)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        y = self.conv_dw(x).permute(0, 2, 3, 1)
-        if chunked_inference(x) and not self.training:
-            return self._forward_inplace(x, y)
+        y = self.conv_dw(x).permute(0, 2, 3, 1)  # channels-last tokens for the LayerNorm and MLP
         # Layer scale in channels-last, before permuting back: one broadcast over the last axis.
         y = self.mlp(self.norm(y)) * self.gamma
         return x + self.drop_path(y.permute(0, 3, 1, 2))
-
-    def _forward_inplace(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        """Inference: the per-token LayerNorm → MLP → scale runs on chunks of tokens, written over
-        the depthwise conv's output, which then takes the residual; the 4x-wide hidden layer exists
-        for one chunk at a time. The same numbers as :meth:`forward`."""
-        tokens = y.reshape(-1, y.shape[-1])  # a view when channels-last (the default), else a copy
-        step = inference_chunk(self.mlp.fc1.out_features)
-        for chunk in tokens.split(step):
-            chunk.copy_(self.mlp(self.norm(chunk)).mul_(self.gamma))
-        return tokens.view_as(y).add_(x.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
 
 
 class ConvNeXtStage(nn.Module):
@@ -518,11 +495,15 @@ class ScoreNetwork(nn.Module):
         bias = F.linear(conv3.bias, w21) + F.linear(pw1.bias, w2) + pw2.bias
         return weight, bias
 
+    def inverted_bottleneck(self, x: torch.Tensor) -> torch.Tensor:
+        """``invert(x)``: LayerNorm-2d, the three linear convolutions as one folded 3×3 conv, GELU."""
+        weight, bias = self.folded_conv()
+        x = F.conv2d(self.invert[0](x), weight.to(x.dtype), bias.to(x.dtype), padding=1)
+        return self.invert[4](x)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.conv1(x)
-        weight, bias = self.folded_conv()
-        # invert[4] (exact GELU) is fused into the folded conv where oneDNN allows it
-        x = x + conv2d_gelu(self.invert[0](x), weight.to(x.dtype), bias.to(x.dtype), padding=1)
+        x = x + self.inverted_bottleneck(x)
         return self.conv2(x).float().softmax(dim=1)
 
 
@@ -630,12 +611,35 @@ class Mesorch(ForgeryModel):
         """
         return x.contiguous(memory_format=torch.channels_last) if self.channels_last else x
 
-    def _scale_logits(self, scale: str, index: int, feat: torch.Tensor) -> torch.Tensor:
-        """``inverse[index](upsample(feat))`` with the 1×1 head folded into the last transposed conv.
+    def forward(self, batch: dict[str, Any]) -> dict[str, Any]:
+        image = self.require_image(batch)
+        self.check_input_size(image)
+        high, low = self.frequency_views(image)
+        feats = self.encode(image, high, low)
+        maps = torch.cat([self.scale_logits(k, s, feats[s]) for k, s in enumerate(self.scales)], dim=1)
+        low_res = self.mix(maps, self.scale_weights(image, high, low))
+        logits = F.interpolate(low_res, size=image.shape[-2:], mode="bilinear", align_corners=True).float()
+        return self.sigmoid_bce_output(logits, batch, features=feats["s3"])
 
-        The 1×1 conv (C→1) is linear and pointwise, so applied after a transposed conv it equals a
-        transposed conv to one channel with weight Σ_c w_c·W[:, c] and bias w·b + b₀ — computing
-        one output channel instead of C at the largest resolution.
+    def frequency_views(self, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The DCT high-pass and low-pass copies of the image (computed in float32, returned in its dtype)."""
+        return self.high_dct(image).to(image.dtype), self.low_dct(image).to(image.dtype)
+
+    def encode(self, image: torch.Tensor, high: torch.Tensor, low: torch.Tensor) -> dict[str, torch.Tensor]:
+        """ConvNeXt on image ⊕ high-pass, MiT on image ⊕ low-pass: maps ``c1``.. and ``s1``..``s4``."""
+        conv_feats = self.convnext(self._layout(torch.cat([image, high], dim=1)))
+        mit_feats = self.segformer(self._layout(torch.cat([image, low], dim=1)))
+        feats = {f"c{i + 1}": f for i, f in enumerate(conv_feats)}
+        feats.update({f"s{i + 1}": f for i, f in enumerate(mit_feats)})
+        return feats
+
+    def scale_logits(self, index: int, scale: str, feat: torch.Tensor) -> torch.Tensor:
+        """One scale's stride-4 logit map: ``inverse[index](upsample(scale, feat))``.
+
+        The 1×1 head is folded into the last transposed conv of the stack. The head (C→1) is
+        linear and pointwise, so applied after a transposed conv it equals a transposed conv to
+        one channel with weight Σ_c w_c·W[:, c] and bias w·b + b₀: one output channel is computed
+        instead of C at the largest resolution. :meth:`forward_intermediates` runs them unfolded.
         """
         head = self.inverse[index]
         stack = self.upsample.stack(scale)
@@ -650,56 +654,42 @@ class Mesorch(ForgeryModel):
         bias = F.linear(last.bias, w) + head.bias
         return F.conv_transpose2d(feat, weight.to(feat.dtype), bias.to(feat.dtype), stride=2, padding=1)
 
+    def scale_weights(self, image: torch.Tensor, high: torch.Tensor, low: torch.Tensor) -> torch.Tensor | None:
+        """The score network's per-pixel softmax over the scales (Mesorch), or None: summed (Mesorch-P)."""
+        if self.gate is None:
+            return None
+        return self.gate(self._layout(torch.cat([image, high, low], dim=1)))
+
+    @staticmethod
+    def mix(maps: torch.Tensor, weights: torch.Tensor | None) -> torch.Tensor:
+        """The stride-4 logits: the scales' maps weighted per pixel, or summed when ``weights`` is None."""
+        return (maps if weights is None else weights * maps).sum(dim=1, keepdim=True)
+
     def forward_intermediates(self, image: torch.Tensor) -> dict[str, torch.Tensor]:
         """Every named intermediate of the reference forward (for parity checks and analysis).
 
         Keys: ``high_freq``, ``low_freq``, ``convnext.stage{i}``, ``segformer.stage{i}``,
         ``upsample.{k}`` (the k-th kept scale at stride 4, full channels), ``reduced.{k}``,
-        ``gate`` (if any), ``logits_lowres``. This path runs the transposed convs unfolded.
+        ``gate`` (if any), ``logits_lowres``, ``logits``. This path runs the transposed convs
+        and the 1×1 heads unfolded.
         """
-        out: dict[str, torch.Tensor] = {"image": image}
-        feats = self._encode(image, out)
+        high, low = self.frequency_views(image)
+        out: dict[str, torch.Tensor] = {"high_freq": high, "low_freq": low}
+        feats = self.encode(image, high, low)
+        for name, feat in feats.items():
+            branch = "convnext" if name[0] == "c" else "segformer"
+            out[f"{branch}.stage{int(name[1]) - 1}"] = feat
         reduced = []
         for k, scale in enumerate(self.scales):
-            up = self.upsample(scale, feats[scale])
-            out[f"upsample.{k}"] = up
-            reduced.append(self.inverse[k](up))
-            out[f"reduced.{k}"] = reduced[-1]
-        stack = torch.cat(reduced, dim=1)
-        out["logits_lowres"] = low_res = self._mix(stack, out)
+            out[f"upsample.{k}"] = up = self.upsample(scale, feats[scale])
+            out[f"reduced.{k}"] = self.inverse[k](up)
+            reduced.append(out[f"reduced.{k}"])
+        weights = self.scale_weights(image, high, low)
+        if weights is not None:
+            out["gate"] = weights
+        out["logits_lowres"] = low_res = self.mix(torch.cat(reduced, dim=1), weights)
         out["logits"] = F.interpolate(low_res, size=image.shape[-2:], mode="bilinear", align_corners=True)
-        del out["image"]
         return out
-
-    def _encode(self, image: torch.Tensor, out: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        high = self.high_dct(image).to(image.dtype)
-        low = self.low_dct(image).to(image.dtype)
-        out["high_freq"], out["low_freq"] = high, low
-        conv_feats = self.convnext(self._layout(torch.cat([image, high], dim=1)))
-        mit_feats = self.segformer(self._layout(torch.cat([image, low], dim=1)))
-        feats: dict[str, torch.Tensor] = {}
-        for i, f in enumerate(conv_feats):
-            out[f"convnext.stage{i}"] = feats[f"c{i + 1}"] = f
-        for i, f in enumerate(mit_feats):
-            out[f"segformer.stage{i}"] = feats[f"s{i + 1}"] = f
-        return feats
-
-    def _mix(self, stack: torch.Tensor, out: dict[str, torch.Tensor]) -> torch.Tensor:
-        if self.gate is None:
-            return stack.sum(dim=1, keepdim=True)
-        weights = self.gate(self._layout(torch.cat([out["image"], out["high_freq"], out["low_freq"]], dim=1)))
-        out["gate"] = weights
-        return (weights * stack).sum(dim=1, keepdim=True)
-
-    def forward(self, batch: dict[str, Any]) -> dict[str, Any]:
-        image = self.require_image(batch)
-        self.check_input_size(image)
-        inter: dict[str, torch.Tensor] = {"image": image}
-        feats = self._encode(image, inter)
-        stack = torch.cat([self._scale_logits(s, k, feats[s]) for k, s in enumerate(self.scales)], dim=1)
-        low_res = self._mix(stack, inter)
-        logits = F.interpolate(low_res, size=image.shape[-2:], mode="bilinear", align_corners=True).float()
-        return self.sigmoid_bce_output(logits, batch, features=feats["s3"])
 
 
 # --------------------------------------------------------------------------------------------------

@@ -39,7 +39,7 @@ from torch import nn
 
 from forgeloc.io.state_dict import KeyReport, WeightsMismatchError, load_state_dict_file
 from forgeloc.models.base import ForgeryModel
-from forgeloc.models.layers import DropPath, Linear, MixFFN, chunked_inference, conv2d_gelu, inference_chunk
+from forgeloc.models.layers import DropPath, Linear, MixFFN
 from forgeloc.models.registry import register_model
 
 __all__ = [
@@ -135,9 +135,10 @@ class CMlp(nn.Module):
         self.drop = nn.Dropout(drop)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        # ``act`` (exact GELU) is fused into fc1 where oneDNN allows it (layers.conv2d_gelu)
-        x = self.drop(conv2d_gelu(x, self.fc1.weight, self.fc1.bias))
-        return self.drop(self.fc2(x))
+        x = self.act(self.fc1(x))
+        x = self.drop(x)
+        x = self.fc2(x)
+        return self.drop(x)
 
 
 class CBlock(nn.Module):
@@ -161,20 +162,7 @@ class CBlock(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = x + self.pos_embed(x)
         x = x + self.drop_path(self.conv2(self.attn(self.conv1(self.norm1(x)))))
-        if chunked_inference(x) and not self.training:
-            return self._mlp_residual_inplace(x)
         return x + self.drop_path(self.mlp(self.norm2(x)))
-
-    def _mlp_residual_inplace(self, x: torch.Tensor) -> torch.Tensor:
-        """Inference: ``x + mlp(norm2(x))`` with the per-pixel MLP run on bands of rows, written
-        over the BatchNorm output; the 4x-wide hidden map exists for one band at a time."""
-        y = self.norm2(x)
-        B, _, H, W = y.shape
-        rows = inference_chunk(B * W * self.mlp.fc1.out_channels)
-        for r0 in range(0, H, rows):
-            band = y[:, :, r0 : r0 + rows]
-            band.copy_(self.mlp(band))
-        return y.add_(x)
 
 
 class SparseAttention(nn.Module):
