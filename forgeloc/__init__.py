@@ -16,11 +16,11 @@ from typing import TYPE_CHECKING, Any
 
 from forgeloc.models.factory import create_model
 from forgeloc.models.registry import list_models, register_model
+from forgeloc.version import __version__
 
 if TYPE_CHECKING:
     from forgeloc.inference.predictor import Predictor
 
-__version__ = "0.1.0"
 
 
 def load(model_or_checkpoint: Any = None, checkpoint: Any = None, **kwargs: Any) -> Predictor:

@@ -123,3 +123,28 @@ def test_deprecated_checkpoint_module_still_exports_its_names() -> None:
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         import forgeloc.checkpoint  # already imported: no second warning
+
+
+#: The layers of docs/architecture.md, bottom first. A module may import its own layer or lower ones.
+LAYERS = [
+    ("forgeloc.version", "forgeloc.io", "forgeloc.extras"),
+    ("forgeloc.data",),
+    ("forgeloc.models", "forgeloc.losses", "forgeloc.metrics", "forgeloc.detectors"),
+    ("forgeloc.engine", "forgeloc.inference", "forgeloc.deploy"),
+    ("forgeloc.cli", "forgeloc.__main__", "forgeloc.checkpoint"),
+]
+
+
+def layer_of(module: str) -> int:
+    if module == "forgeloc":  # the public API (load, create_model) sits with the commands on top
+        return len(LAYERS) - 1
+    for level, prefixes in enumerate(LAYERS):
+        if any(module == p or module.startswith(p + ".") for p in prefixes):
+            return level
+    raise AssertionError(f"{module} is in no layer of LAYERS: add it (and to docs/architecture.md)")
+
+
+def test_every_import_points_down_the_layers() -> None:
+    upward = sorted(f"{a} -> {b}" for a, imports in import_graph().items() for b in imports
+                    if layer_of(b) > layer_of(a))
+    assert not upward, "imports that climb a layer:\n" + "\n".join(upward)

@@ -22,7 +22,7 @@ def _root(
 ) -> None:
     """Image manipulation localization: make data, train, evaluate, and find tampered regions."""
     if version:
-        from forgeloc import __version__
+        from forgeloc.version import __version__
 
         typer.echo(__version__)
         raise typer.Exit()

@@ -168,7 +168,7 @@ class PrepareReport:
         return all(c.get("errors", 0) == 0 for c in self.check.values())
 
     def to_dict(self) -> dict[str, Any]:
-        from forgeloc import __version__
+        from forgeloc.version import __version__
 
         return {
             "recipe": self.recipe, "dataset": self.dataset, "source": self.source, "forgeloc_version": __version__,

@@ -200,13 +200,13 @@ def _restore(model: torch.nn.Module, optim: torch.optim.Optimizer, out: Path) ->
 
 def train(cfg: GridNetTrainConfig, resume: bool = False) -> Path:
     """Train for ``cfg.steps`` steps (continuing from ``output_dir/last`` with ``resume``)."""
-    import forgeloc
+    from forgeloc.models.factory import create_model
 
     torch.manual_seed(cfg.seed)
     torch.set_num_threads(cfg.threads)
     out = Path(cfg.output_dir)
     out.mkdir(parents=True, exist_ok=True)
-    model = forgeloc.create_model(cfg.model, **cfg.model_kwargs)
+    model = create_model(cfg.model, **cfg.model_kwargs)
     optim = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     step = _restore(model, optim, out) if resume else 0
     data = RealSynthDataset(cfg.train, cfg.crop, cfg.seed)

@@ -30,7 +30,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from forgeloc import __version__
 from forgeloc.data.perturb import (
     PERTURBATIONS,
     Perturbation,
@@ -38,6 +37,7 @@ from forgeloc.data.perturb import (
     make_perturbation,
     parse_perturbation_names,
 )
+from forgeloc.version import __version__
 
 log = logging.getLogger(__name__)
 

@@ -7,7 +7,6 @@ import logging
 from pathlib import Path
 from typing import Any
 
-from forgeloc import __version__
 from forgeloc.engine.config import Config, DataConfig, EvalConfig, ModelConfig, TrainConfig
 from forgeloc.engine.data import build_eval_loader
 from forgeloc.engine.distributed import DistInfo, cleanup_distributed, init_distributed
@@ -16,6 +15,7 @@ from forgeloc.engine.logger import console, metrics_table, setup_logging
 from forgeloc.engine.tables import write_tables
 from forgeloc.io import MODEL_FILE, CheckpointConfig
 from forgeloc.models.factory import load_checkpoint
+from forgeloc.version import __version__
 
 log = logging.getLogger(__name__)
 

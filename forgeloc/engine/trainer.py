@@ -30,7 +30,6 @@ import yaml
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
-from forgeloc import __version__
 from forgeloc.data.normalization import IMAGENET_MEAN, IMAGENET_STD
 from forgeloc.engine.checkpointing import (
     BEST_DIR,
@@ -55,6 +54,7 @@ from forgeloc.engine.runtime import autocast_context, move_batch
 from forgeloc.io import atomic_write
 from forgeloc.losses import unwrap_aux_loss, wrap_with_aux_loss
 from forgeloc.models.factory import create_model, load_weights
+from forgeloc.version import __version__
 
 log = logging.getLogger(__name__)
 

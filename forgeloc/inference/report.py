@@ -198,7 +198,7 @@ def run_provenance(
     """The run's chain-of-custody facts, in display order: forgeloc version, model, model label,
     checkpoint, weights SHA-256, command line, date (ISO 8601 UTC). ``describe`` is
     :meth:`Predictor.describe`; ``info`` a fallback for the model and checkpoint."""
-    import forgeloc
+    from forgeloc.version import __version__
 
     describe = describe or {}
     info = info or {}
@@ -215,7 +215,7 @@ def run_provenance(
     else:
         checkpoint_text = "not recorded"
     out = {
-        "forgeloc version": forgeloc.__version__,
+        "forgeloc version": __version__,
         "model": str(describe.get("model") or info.get("model") or "not recorded"),
         "model label": str(describe.get("label") or info.get("label") or "not recorded"),
         "checkpoint": checkpoint_text,

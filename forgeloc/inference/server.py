@@ -376,7 +376,7 @@ def _static_response(name: str) -> Any:
 
 def _model_identity(predictor: Predictor) -> dict[str, Any]:
     """What ``/api/info`` says about the model, computed once (hashing the weights takes a moment)."""
-    import forgeloc
+    from forgeloc.version import __version__
 
     described = predictor.describe()
     try:
@@ -385,7 +385,7 @@ def _model_identity(predictor: Predictor) -> dict[str, Any]:
         weights = None
     return {
         "label": described.get("label") or predictor.model_name,
-        "version": forgeloc.__version__,
+        "version": __version__,
         "weights_sha256": weights,
         "bands": report.verdict_bands(described.get("calibration")),
     }
