@@ -130,3 +130,43 @@ def test_the_onnx_file_runs_without_forgeloc_or_torch(name, tmp_path):
                          capture_output=True, text=True, timeout=120, cwd=tmp_path)
     assert run.returncode == 0, run.stderr
     assert float(run.stdout.split("max diff")[1]) <= fonnx.ATOL
+
+
+def _photos(folder):
+    """A JPEG splice-like photo, a PNG and a grey JPEG: the native path's three kinds of input."""
+    from PIL import Image
+
+    folder.mkdir()
+    rng = np.random.default_rng(0)
+    base = (rng.normal(128, 30, (200, 264, 3))).clip(0, 255).astype(np.uint8)
+    Image.fromarray(base).save(folder / "a.jpg", quality=80)
+    Image.fromarray(base[::-1]).save(folder / "b.png")
+    Image.fromarray(base[..., 0]).save(folder / "c.jpg", quality=90)
+    return folder
+
+
+def test_predict_with_onnxruntime_gives_the_pytorch_results(tmp_path):
+    from forgeloc.inference.batch import predict_files
+
+    photos = _photos(tmp_path / "photos")
+    fonnx.export_onnx(forgeloc.load(), tmp_path / "export")
+    runs = {}
+    for backend, detector in (("torch", forgeloc.load()), ("onnxruntime", forgeloc.load(tmp_path / "export"))):
+        predict_files(detector, [photos], tmp_path / backend, report=False)
+        runs[backend] = json.loads((tmp_path / backend / "results.json").read_text())["results"]
+    assert [r["name"] for r in runs["torch"]] == [r["name"] for r in runs["onnxruntime"]] == ["a.jpg", "b.png", "c.jpg"]
+    for ours, ref in zip(runs["onnxruntime"], runs["torch"], strict=True):
+        assert abs(ours["score"] - ref["score"]) <= 1e-4
+        assert abs(ours["tampered_fraction"] - ref["tampered_fraction"]) <= 1e-3
+        assert ours["verdict"] == ref["verdict"] and ours["mode"] == ref["mode"]
+    assert forgeloc.load(tmp_path / "export").model_name == "gridnet"
+
+
+def test_backend_choice_errors_are_clear(tmp_path):
+    fonnx.export_onnx(_predictor("unet_baseline_tiny"), tmp_path / "export")
+    with pytest.raises(ValueError, match="backend='onnxruntime'"):
+        forgeloc.load(tmp_path / "export", backend="torch")
+    with pytest.raises(ValueError, match="forgeloc export default"):
+        forgeloc.load(backend="onnxruntime")
+    with pytest.raises(ValueError, match="backend must be one of"):
+        forgeloc.load(tmp_path / "export", backend="tensorrt")

@@ -41,6 +41,7 @@ _COMMAND_MODULES = (
     "test",
     "robustness",
     "convert",
+    "export",
     "bench",
     "predict",
     "serve",

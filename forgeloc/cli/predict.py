@@ -94,6 +94,10 @@ def predict(
              "('' for none; default: those the detector records, copymove for the default detector).",
     ),
     threads: int | None = typer.Option(None, min=1, help="CPU threads for PyTorch (default: all cores)."),
+    backend: str | None = typer.Option(
+        None, help="torch | onnxruntime (an ONNX export folder from `forgeloc export`; needs forgeloc[onnx]). "
+                   "Default: onnxruntime for an export folder, else torch.",
+    ),
     recursive: bool = typer.Option(False, "--recursive", "-r", help="Descend into sub-folders of folder inputs."),
     max_pixels: int | None = typer.Option(None, help="Refuse images with more pixels (default: Pillow's limit)."),
     tile_overlap: float | None = typer.Option(
@@ -127,7 +131,8 @@ def predict(
     plan = BatchPlan.from_inputs(inputs, out, recursive)
     _refuse_input_collisions(plan)  # before the model is loaded: a mistake costs no waiting
     load_options = {"threshold": threshold, "device": device, "amp": None if amp == "none" else amp,
-                    "max_pixels": max_pixels, "tile_overlap": tile_overlap, "cues": cue_names, "fuse": fuse_names}
+                    "max_pixels": max_pixels, "tile_overlap": tile_overlap, "cues": cue_names, "fuse": fuse_names,
+                    "backend": backend}
     predictor = _load_predictor(detector, model, load_options)
     check_output_folder(out)
     _warn_foreign_outputs(plan)
@@ -169,7 +174,7 @@ def _load_predictor(detector: str, model: str | None, options: dict[str, Any]) -
     from forgeloc.inference.predictor import load
     from forgeloc.io import CheckpointError
 
-    optional = {k: options.pop(k) for k in ("tile_overlap", "cues", "fuse")}
+    optional = {k: options.pop(k) for k in ("tile_overlap", "cues", "fuse", "backend")}
     options["max_pixels"] = options["max_pixels"] or DEFAULT_MAX_PIXELS
     options.update({k: v for k, v in optional.items() if v is not None})
     try:

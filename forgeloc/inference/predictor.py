@@ -482,14 +482,17 @@ class Predictor:
         max_pixels: int = DEFAULT_MAX_PIXELS,
         cues: Iterable[str] | None = None,
         fuse: Iterable[str] | None = None,
+        backend: str | None = None,
         **model_kwargs: Any,
     ) -> Predictor:
         """Load a run folder, checkpoint folder or weights file (``model`` names the architecture
         when no ``config.json`` does); the recorded input size/mode, threshold and image score are
-        used unless overridden (precedence: :meth:`~forgeloc.io.CheckpointConfig.resolve`)."""
-        from forgeloc.models.factory import load_checkpoint
+        used unless overridden (precedence: :meth:`~forgeloc.io.CheckpointConfig.resolve`).
 
-        net, recorded = load_checkpoint(checkpoint, model=model, **model_kwargs)
+        ``backend``: ``"torch"``, ``"onnxruntime"`` (an ONNX export folder written by
+        ``forgeloc export``; same pre- and post-processing, see :mod:`forgeloc.deploy.onnx`), or
+        ``None`` to pick ``onnxruntime`` for an export folder and ``torch`` otherwise."""
+        net, recorded = _load_network(checkpoint, model, backend, device, model_kwargs)
         settings = recorded.resolve(model_input_size=getattr(net, "input_size", None), input_size=input_size,
                                     threshold=threshold, image_score=image_score, device=device)
         return cls(
@@ -748,6 +751,34 @@ class Predictor:
                 f"device={str(self.device)!r})")
 
 
+#: What runs the network: PyTorch, or onnxruntime on an ONNX export (``forgeloc export``).
+BACKENDS = ("torch", "onnxruntime")
+
+
+def _load_network(checkpoint: str | os.PathLike, model: str | None, backend: str | None,
+                  device: str | torch.device | None, model_kwargs: dict[str, Any]) -> tuple[Any, Any]:
+    """The network and its recorded config, from a checkpoint (PyTorch) or an ONNX export folder."""
+    from forgeloc.deploy.onnx import is_onnx_export, load_onnx
+
+    if backend is not None and backend not in BACKENDS:
+        raise ValueError(f"backend must be one of {', '.join(BACKENDS)}, not {backend!r}")
+    exported = is_onnx_export(checkpoint)
+    if backend == "onnxruntime" or (backend is None and exported):
+        if not exported:
+            raise ValueError(f"{checkpoint}: the onnxruntime backend runs an ONNX export; make one first with "
+                             f"`forgeloc export {checkpoint} --format onnx --out DIR`, then pass DIR")
+        if resolve_device(device).type != "cpu" or model or model_kwargs:
+            raise ValueError("an ONNX export runs on the CPU as exported: no --device other than cpu, no --model "
+                             "and no model options")
+        return load_onnx(checkpoint)
+    if exported:
+        raise ValueError(f"{checkpoint} is an ONNX export: run it with backend='onnxruntime' "
+                         "(forgeloc predict --backend onnxruntime)")
+    from forgeloc.models.factory import load_checkpoint
+
+    return load_checkpoint(checkpoint, model=model, **model_kwargs)
+
+
 #: The name that selects the detector shipped inside the package (``forgeloc.load()``).
 DEFAULT_DETECTOR = "default"
 
@@ -776,12 +807,19 @@ def load(
       :func:`forgeloc.create_model` reads: safetensors, the authors' ``.pth``);
     * ``forgeloc.load("copymove")``: a training-free detector (``forgeloc detectors`` lists them).
 
+    * ``forgeloc.load(DIR)`` for an ONNX export folder (``forgeloc export``): the graph runs in
+      onnxruntime (``backend="onnxruntime"``, the ``[onnx]`` extra).
+
     Other keyword arguments go to :meth:`Predictor.from_checkpoint` (``image_score``,
-    ``input_size``, ``tile_overlap``, ``max_pixels``, ``cues``, ``fuse``) or to the model constructor.
+    ``input_size``, ``tile_overlap``, ``max_pixels``, ``cues``, ``fuse``, ``backend``) or to the
+    model constructor.
     """
     if model_or_checkpoint is None or str(model_or_checkpoint) == DEFAULT_DETECTOR:
         if checkpoint is not None:
             raise ValueError("the default detector ships its own weights: pass no checkpoint")
+        if kwargs.get("backend") == "onnxruntime":
+            raise ValueError("the default detector ships PyTorch weights: export it with `forgeloc export default "
+                             "--format onnx --out DIR`, then run DIR with the onnxruntime backend")
         return Predictor.from_checkpoint(default_detector_path(), device=device, amp=amp, threshold=threshold,
                                          **kwargs)
     if checkpoint is None:
@@ -790,6 +828,8 @@ def load(
         name = str(model_or_checkpoint)
         path = Path(model_or_checkpoint)
         if name in CUES and not path.exists():
+            if kwargs.pop("backend", None) == "onnxruntime":
+                raise ValueError(f"{name} is a training-free detector: it has no network to run in onnxruntime")
             fuse = [name, *[f for f in kwargs.pop("fuse", None) or () if f != name]]
             return Predictor(None, fuse=fuse, device=device, threshold=0.5 if threshold is None else threshold,
                              info={"detector": "training-free"}, **kwargs)
