@@ -107,3 +107,23 @@ def test_the_default_detector_recipe_validates():
     cfg = GridNetTrainConfig.from_yaml(path)
     assert cfg.model in forgeloc.list_models()
     assert cfg.train.endswith("data/realsynth/train/dataset.json") and Path(cfg.train).is_absolute()
+
+
+def test_a_mixed_batch_equals_its_samples_one_by_one():
+    """Samples with a JPEG stream skip the pixel DCT; the others still get it, on their own grid."""
+    torch.manual_seed(0)
+    model = forgeloc.create_model("gridnet_tiny").eval()
+    photo = _photo(128)
+    shifted = _jpeg(photo, 80)
+    images = [photo, np.asarray(Image.open(io.BytesIO(shifted)))[3:, 5:][:120, :120], photo[::-1].copy()]
+    images = [np.ascontiguousarray(im[:120, :120]) for im in images]
+    dct = torch.from_numpy(np.stack([dct_grid(_jpeg(im, 85), 120, 120) for im in images]))
+    valid = torch.tensor([True, False, True])
+    batch = {"image": torch.stack([normalize(im) for im in images]), "dct": dct, "dct_valid": valid}
+    with torch.no_grad():
+        together = model(batch)
+        alone = [model({"image": batch["image"][i:i + 1], "dct": dct[i:i + 1], "dct_valid": valid[i:i + 1]})
+                 for i in range(3)]
+    torch.testing.assert_close(together["pred_mask"], torch.cat([a["pred_mask"] for a in alone]), atol=1e-6, rtol=0)
+    assert together["grid_offsets"][0] == together["grid_offsets"][2] == (0, 0)
+    assert together["grid_offsets"][1] == alone[1]["grid_offsets"][0]

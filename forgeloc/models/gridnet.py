@@ -221,15 +221,23 @@ class GridNet(ForgeryModel):
         return torch.cat(out), offsets
 
     def _coefficients(self, batch: dict[str, Any], image: torch.Tensor):
-        coef, offsets = self.pixel_coefficients(image)
+        """Each sample's coefficients: the JPEG stream's where ``dct_valid`` says so (on the grid at
+        (0, 0)), else the pixels' on their estimated grid; and the grid offsets."""
         dct, valid = batch.get("dct"), batch.get("dct_valid")
         if dct is None or valid is None or not bool(valid.any()):
-            return coef, offsets
-        if tuple(dct.shape[-2:]) != tuple(coef.shape[-2:]):
-            raise ValueError(f"batch['dct'] covers {tuple(dct.shape[-2:])} blocks, the image {tuple(coef.shape[-2:])}")
-        sel = valid.view(-1, 1, 1, 1).to(torch.bool)
-        coef = torch.where(sel, dct.to(coef.dtype), coef)
-        offsets = [(0, 0) if bool(v) else o for v, o in zip(valid.tolist(), offsets, strict=True)]
+            return self.pixel_coefficients(image)
+        blocks = (-(-image.shape[-2] // BLOCK), -(-image.shape[-1] // BLOCK))
+        if tuple(dct.shape[-2:]) != blocks:
+            raise ValueError(f"batch['dct'] covers {tuple(dct.shape[-2:])} blocks, the image {blocks}")
+        coef = dct.to(image.dtype)
+        offsets = [(0, 0)] * image.shape[0]
+        missing = [i for i, v in enumerate(valid.tolist()) if not v]
+        if missing:  # only the samples without a stream pay for the grid search and the pixel DCT
+            pixel, pixel_offsets = self.pixel_coefficients(image[missing])
+            coef = coef.clone()
+            coef[missing] = pixel
+            for i, offset in zip(missing, pixel_offsets, strict=True):
+                offsets[i] = offset
         return coef, offsets
 
     # -- network ---------------------------------------------------------------------------------
