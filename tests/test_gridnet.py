@@ -127,3 +127,19 @@ def test_a_mixed_batch_equals_its_samples_one_by_one():
     torch.testing.assert_close(together["pred_mask"], torch.cat([a["pred_mask"] for a in alone]), atol=1e-6, rtol=0)
     assert together["grid_offsets"][0] == together["grid_offsets"][2] == (0, 0)
     assert together["grid_offsets"][1] == alone[1]["grid_offsets"][0]
+
+
+def test_lattice_features_in_place_equal_the_formula():
+    from forgeloc.models.gridnet import Q_STEPS, ZIGZAG_15, lattice_features
+
+    coef = torch.round(torch.randn(2, 64, 9, 11, generator=torch.Generator().manual_seed(0)) * 40)
+    c = coef[:, [8 * u + v for u, v in ZIGZAG_15]]
+    ratio = c.unsqueeze(2) / torch.tensor(Q_STEPS, dtype=torch.float32).view(1, 1, -1, 1, 1)
+    lattice = torch.cos(2 * np.pi * ratio) * (ratio.abs() >= 0.5).float()
+    expected = torch.cat([lattice.flatten(1, 2), torch.log1p(c.abs())], dim=1)
+    assert torch.equal(lattice_features(coef), expected)
+    with_grad = coef.clone().requires_grad_()
+    features = lattice_features(with_grad)
+    torch.testing.assert_close(features, expected, atol=1e-6, rtol=0)
+    features.sum().backward()
+    assert with_grad.grad is not None

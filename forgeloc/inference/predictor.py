@@ -722,10 +722,14 @@ class Predictor:
         return dct_grid(image.data, image.height, image.width)
 
     def _forward_native(self, rgb: np.ndarray, dct: np.ndarray | None) -> np.ndarray:
-        batch: dict[str, Any] = {"image": normalize(rgb)[None].to(self.device)}
-        if dct is not None:
-            batch["dct"] = torch.from_numpy(dct)[None].to(self.device)
-            batch["dct_valid"] = torch.ones(1, dtype=torch.bool, device=self.device)
+        if dct is None:
+            batch: dict[str, Any] = {"image": normalize(rgb)[None].to(self.device)}
+        else:
+            # A model that reads the file's coefficients takes only the image's size from the
+            # pixels: a zero-stride stand-in saves normalising megapixels nobody reads.
+            image = torch.zeros((), device=self.device).expand(1, 3, *rgb.shape[:2])
+            batch = {"image": image, "dct": torch.from_numpy(dct)[None].to(self.device),
+                     "dct_valid": torch.ones(1, dtype=torch.bool, device=self.device)}
         with torch.inference_mode(), autocast_context(self.device, self.amp):
             pred = self.model(batch)["pred_mask"]
         return pred[0, 0].float().clamp(0.0, 1.0).cpu().numpy()

@@ -29,6 +29,7 @@ import torch
 from torch import nn
 
 from forgeloc.models.fast_cpu import INFERENCE_CHUNK_ELEMENTS, conv2d_gelu, inference_chunk, linear
+from forgeloc.models.gridnet import ConvBNReLUStack
 from forgeloc.models.layers import MixFFN, tokens_to_grid
 from forgeloc.models.mesorch import ConvMlp, ConvNeXtBlock, ScoreNetwork
 from forgeloc.models.sparsevit import CBlock, CMlp
@@ -162,9 +163,28 @@ class FusedScoreNetwork(_FusedBlock, ScoreNetwork):
         return conv2d_gelu(self.invert[0](x), weight.to(x.dtype), bias.to(x.dtype), padding=1)
 
 
+class FusedConvBNReLUStack(_FusedBlock, ConvBNReLUStack):
+    """GridNet's conv → BatchNorm → ReLU stacks with each (eval-mode) BatchNorm folded into its
+    conv's weight and bias, computed on each call from the unchanged parameters: one pass over the
+    activations less per layer."""
+
+    plain = ConvBNReLUStack
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self._require_inference()
+        layers = list(self)
+        for conv, bn in zip(layers[0::3], layers[1::3], strict=True):
+            scale = bn.weight * torch.rsqrt(bn.running_var + bn.eps)
+            weight = conv.weight * scale.view(-1, 1, 1, 1)
+            bias = bn.bias - bn.running_mean * scale
+            x = torch.relu_(torch.nn.functional.conv2d(x, weight, bias, conv.stride, conv.padding))
+        return x
+
+
 _FUSED: dict[type[nn.Module], type[_FusedBlock]] = {
     cls.plain: cls
-    for cls in (FusedMixFFN, FusedCMlp, FusedCBlock, FusedConvMlp, FusedConvNeXtBlock, FusedScoreNetwork)
+    for cls in (FusedMixFFN, FusedCMlp, FusedCBlock, FusedConvMlp, FusedConvNeXtBlock, FusedScoreNetwork,
+                FusedConvBNReLUStack)
 }
 
 

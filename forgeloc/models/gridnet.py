@@ -148,22 +148,39 @@ def lattice_features(coef: torch.Tensor) -> torch.Tensor:
     """``(B,64,h,w)`` DCT coefficients → ``(B, 15·19 + 15, h, w)`` lattice features (module docstring)."""
     idx = [8 * u + v for u, v in ZIGZAG_15]
     c = coef[:, idx]  # (B,15,h,w)
+    B, n, h, w = c.shape
     q = c.new_tensor(Q_STEPS).view(1, 1, -1, 1, 1)
-    ratio = c.unsqueeze(2) / q  # (B,15,19,h,w)
-    gate = (ratio.abs() >= 0.5).to(c.dtype)
-    lattice = torch.cos(2 * math.pi * ratio) * gate
-    return torch.cat([lattice.flatten(1, 2), torch.log1p(c.abs())], dim=1)
+    if c.requires_grad:  # the features of coefficients that carry gradients (never the data's)
+        ratio = c.unsqueeze(2) / q
+        lattice = torch.cos(2 * math.pi * ratio) * (ratio.abs() >= 0.5).to(c.dtype)
+        return torch.cat([lattice.flatten(1, 2), torch.log1p(c.abs())], dim=1)
+    # Computed in place in the output tensor (the same operations as cos(2π·c/q)·gate, then the
+    # log magnitudes, without the temporaries and the concatenation: this is the widest tensor of
+    # the network, 285 channels at block resolution).
+    out = c.new_empty(B, n * (len(Q_STEPS) + 1), h, w)
+    lattice = out[:, : n * len(Q_STEPS)].view(B, n, len(Q_STEPS), h, w)
+    torch.div(c.unsqueeze(2), q, out=lattice)  # the ratio c/q
+    gate = lattice.abs().ge_(0.5)  # 1.0 where |c/q| >= 1/2, else 0.0
+    lattice.mul_(2 * math.pi).cos_().mul_(gate)
+    torch.log1p(c.abs(), out=out[:, n * len(Q_STEPS):])
+    return out
 
 
-def _block(cin: int, cout: int, stride: int = 1) -> nn.Sequential:
-    return nn.Sequential(
-        nn.Conv2d(cin, cout, 3, stride=stride, padding=1, bias=False),
-        nn.BatchNorm2d(cout),
-        nn.ReLU(inplace=True),
-        nn.Conv2d(cout, cout, 3, padding=1, bias=False),
-        nn.BatchNorm2d(cout),
-        nn.ReLU(inplace=True),
-    )
+class ConvBNReLUStack(nn.Sequential):
+    """``(conv → BatchNorm → ReLU) × n`` as one ``nn.Sequential`` (its state-dict keys are the
+    children's indices). :mod:`forgeloc.models.fusion` swaps in a variant that folds each BatchNorm
+    into its conv for CPU inference."""
+
+    def __init__(self, *layers: tuple[int, int, int, int]) -> None:
+        modules: list[nn.Module] = []
+        for cin, cout, kernel, stride in layers:
+            modules += [nn.Conv2d(cin, cout, kernel, stride=stride, padding=kernel // 2, bias=False),
+                        nn.BatchNorm2d(cout), nn.ReLU(inplace=True)]
+        super().__init__(*modules)
+
+
+def _block(cin: int, cout: int, stride: int = 1) -> ConvBNReLUStack:
+    return ConvBNReLUStack((cin, cout, 3, stride), (cout, cout, 3, 1))
 
 
 class GridNet(ForgeryModel):
@@ -188,10 +205,7 @@ class GridNet(ForgeryModel):
         self.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1) * 255, persistent=False)
         n_feat = len(ZIGZAG_15) * (len(Q_STEPS) + 1)
         w1, w2, w3 = width, width * 3 // 2, width * 2
-        self.stem = nn.Sequential(
-            nn.Conv2d(n_feat, w1, 1, bias=False), nn.BatchNorm2d(w1), nn.ReLU(inplace=True),
-            nn.Conv2d(w1, w1, 3, padding=1, bias=False), nn.BatchNorm2d(w1), nn.ReLU(inplace=True),
-        )
+        self.stem = ConvBNReLUStack((n_feat, w1, 1, 1), (w1, w1, 3, 1))
         self.context = nn.Sequential(nn.Linear(w1, w1), nn.ReLU(inplace=True))
         self.enc1 = _block(2 * w1, w1)
         self.enc2 = _block(w1, w2, stride=2)
