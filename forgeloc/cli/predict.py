@@ -15,7 +15,7 @@ from typing import Any
 
 import typer
 
-from forgeloc.cli.common import check_threshold_and_device, console, fail
+from forgeloc.cli.common import check_threshold_and_device, console, fail, set_threads
 
 # The library's names, re-exported: this module was their home before forgeloc.inference.batch.
 from forgeloc.data.files import expand_inputs
@@ -120,10 +120,7 @@ def predict(
     model.safetensors, or a .safetensors/.pth file) is taken as --detector.
     """
     _check_options(mode, amp, max_pixels, threshold, device)
-    if threads is not None:
-        import torch
-
-        torch.set_num_threads(threads)
+    set_threads(threads)
     if inputs and detector == "default" and _looks_like_checkpoint(inputs[0]) and len(inputs) > 1:
         detector, inputs = inputs[0], inputs[1:]
     cue_names = parse_cues(cues)
@@ -194,6 +191,8 @@ def _warn_foreign_outputs(plan: BatchPlan) -> None:
 
 #: A time estimate is printed when the first windows say the run will take at least this long (seconds).
 ESTIMATE_MIN_SECONDS = 20.0
+#: ... measured over at least this many seconds of windows after the first batch (the model's warm-up).
+ESTIMATE_AFTER_SECONDS = 1.0
 
 
 def _duration(seconds: float) -> str:
@@ -269,7 +268,7 @@ class WindowProgress:
             self.first = (now, completed)
             return
         since, counted = now - self.first[0], completed - self.first[1]
-        if since < 1.0 or counted < 1:
+        if since < ESTIMATE_AFTER_SECONDS or counted < 1:
             return
         self.estimated = True
         remaining = since / counted * (self.total - completed)
