@@ -358,7 +358,7 @@
     modelLabel = info.label || info.model;
     var label = $("model-label");
     label.textContent = "Model: " + modelLabel;
-    if (/unvalidated|demo model/.test(modelLabel)) { label.classList.add("warn"); }
+    if (/unvalidated|demo model|not a real-photo number/.test(modelLabel)) { label.classList.add("warn"); }
     var parts = ["model " + info.model];
     if (info.checkpoint) { parts.push("checkpoint " + info.checkpoint); }
     parts.push("input " + info.input_size + " px", "threshold " + info.threshold);
