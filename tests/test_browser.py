@@ -33,7 +33,7 @@ CHROMIUM_ARGS = ["--no-sandbox", "--headless", "--disable-gpu", "--disable-backg
                  "--disable-component-update", "--no-first-run", "--disable-sync"]
 ARTIFACTS = REPO / "test-artifacts"
 SERVED_CUES = ["ela", "metadata", "jpeg_adq", "noise"]
-BUSY = "busy: one prediction at a time; try again when it finishes"
+BUSY = "busy: one prediction at a time; try again when it finishes, or cancel it"
 VERDICT = re.compile(r"^(no evidence found|inconclusive|likely manipulated) \(\d\.\d\d\)$")
 #: The process id of each running test server, by URL (to read its CPU time).
 SERVER_PIDS: dict[str, int] = {}

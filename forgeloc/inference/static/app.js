@@ -6,7 +6,7 @@
   var $ = function (id) { return document.getElementById(id); };
   var dropZone = $("drop-zone"), fileInput = $("file-input"), statusEl = $("status"), errorEl = $("error");
   var busyEl = $("busy"), resultEl = $("result"), opacity = $("opacity"), layer = $("overlay-layer");
-  var BUSY_MESSAGE = "busy: one prediction at a time; try again when it finishes";
+  var BUSY_MESSAGE = "busy: one prediction at a time; try again when it finishes, or cancel it";
   var VERDICT_CLASSES = ["v-clear", "v-inconclusive", "v-likely", "v-uncalibrated"];
   var POLL_MS = 250;
   var busy = false;
@@ -194,7 +194,7 @@
     }
     if (p.state !== "running") { return "sending the photo …"; }
     if (p.stage === "cues") { return "training-free cues: " + p.cues_done + " of " + p.cues_total + " done"; }
-    return windowsText(current, p);
+    return p.windows_total > 0 ? windowsText(current, p) : "analysing …";
   }
 
   function showProgress(current, p) {
