@@ -457,6 +457,7 @@ class _Site:
         self.state = SimpleNamespace(in_flight=0, worker=self.worker, timed_out=0, dropped=0, disconnected=0,
                                      cancelled=0)
         self.jobs: dict[str, _Job] = {}  # the uploads in flight that the page follows, by job id
+        self.active: dict[int, _Job] = {}  # every upload in flight (with or without an id), by arrival
         self.job_seq = 0
         self.identity = _model_identity(predictor)
 
@@ -488,7 +489,7 @@ class _Site:
         job = self.jobs.get(job_id)
         if job is None:
             return {"state": "unknown"}
-        ahead = sum(1 for other in list(self.jobs.values())
+        ahead = sum(1 for other in list(self.active.values())
                     if other.seq < job.seq and other.state in ("queued", "running"))
         return job.to_json(ahead)
 
@@ -545,7 +546,7 @@ class _Site:
                 return _error(409, "this job id is already in use by another upload")
             self.state.in_flight += 1
             self.job_seq += 1
-            job = _Job(self.job_seq)
+            job = self.active[self.job_seq] = _Job(self.job_seq)
             if job_id is not None:
                 self.jobs[job_id] = job
         try:
@@ -553,6 +554,7 @@ class _Site:
         finally:
             with self.counter_lock:
                 self.state.in_flight -= 1
+                self.active.pop(job.seq, None)
                 if job_id is not None:
                     self.jobs.pop(job_id, None)
 
