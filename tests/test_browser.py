@@ -33,8 +33,10 @@ CHROMIUM_ARGS = ["--no-sandbox", "--headless", "--disable-gpu", "--disable-backg
                  "--disable-component-update", "--no-first-run", "--disable-sync"]
 ARTIFACTS = REPO / "test-artifacts"
 SERVED_CUES = ["ela", "metadata", "jpeg_adq", "noise"]
-BUSY = "busy: one prediction at a time; try again when it finishes"
+BUSY = "busy: one prediction at a time; try again when it finishes, or cancel it"
 VERDICT = re.compile(r"^(no evidence found|inconclusive|likely manipulated) \(\d\.\d\d\)$")
+#: The process id of each running test server, by URL (to read its CPU time).
+SERVER_PIDS: dict[str, int] = {}
 
 
 def _free_port() -> int:
@@ -67,6 +69,7 @@ def server(tmp_path_factory, checkpoint):
             stdout=fh, stderr=subprocess.STDOUT, env=env, cwd=tmp_path_factory.mktemp("serve_cwd"),
         )
     url = f"http://127.0.0.1:{port}"
+    SERVER_PIDS[url] = proc.pid
     try:
         deadline = time.monotonic() + 120
         while True:
@@ -380,3 +383,73 @@ def test_live_server_refuses_a_declared_oversize_upload_before_reading_it(server
             reply += chunk
     assert reply.startswith(b"HTTP/1.1 413"), reply[:200]
     assert b"limit is 1 MB" in reply
+
+
+def _gradient_png(side: int) -> bytes:
+    """A smooth ``side × side`` photo: a few KB as PNG (under the served 1 MB limit), many windows to tile."""
+    ramp = np.linspace(0, 255, side, dtype=np.uint8)
+    flat = np.full((side, side), 90, np.uint8)
+    image = np.stack([np.tile(ramp, (side, 1)), np.tile(ramp[:, None], (1, side)), flat], 2)
+    buf = io.BytesIO()
+    Image.fromarray(image).save(buf, "PNG")
+    return buf.getvalue()
+
+
+def _cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process so far (Linux /proc)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+@pytest.mark.browser
+def test_progress_of_a_tiled_run_and_cancel_stops_the_work(server, browser, checkpoint):
+    from forgeloc.inference import Predictor
+
+    expect = pytest.importorskip("playwright.sync_api").expect
+    photo = _gradient_png(2000)
+    total = Predictor.from_checkpoint(checkpoint).plan(photo, "tile").windows
+    assert total > 3000 and len(photo) < 1024 * 1024
+    page = browser.new_page(viewport={"width": 1200, "height": 900})
+    errors = _watch_errors(page)
+    page.goto(server + "/")
+    page.select_option("#mode", "tile")
+    page.set_input_files("#file-input", files=[{"name": "large.png", "mimeType": "image/png", "buffer": photo}])
+    box = page.locator("#progress-box")
+    expect(box).to_be_visible()
+    expect(page.locator("#cancel")).to_be_enabled()
+
+    # Progress events: the windows done / total reach the page while the photo is tiled.
+    expect(box).to_have_attribute("data-state", "running", timeout=60_000)
+    expect(page.locator("#progress-text")).to_have_text(re.compile(rf"^window [1-9][0-9]* of {total}"), timeout=30_000)
+    assert page.get_attribute("#progress", "max") == str(total)
+    assert 0 < int(box.get_attribute("data-windows-done")) < total
+
+    # A second photo while this one runs: a visible message, and this run goes on.
+    page.set_input_files("#file-input", files=[{"name": "second.png", "mimeType": "image/png",
+                                                "buffer": _png_bytes(30, 30, 3)}])
+    expect(page.locator("#busy")).to_have_text(BUSY)
+    ARTIFACTS.mkdir(exist_ok=True)
+    page.screenshot(path=str(ARTIFACTS / "serve_progress.png"))
+
+    # Cancel: the job ends early and the server's CPU goes quiet.
+    page.click("#cancel")
+    status = page.locator("#status")
+    expect(status).to_contain_text("Cancelled", timeout=30_000)
+    done = int(re.search(rf"cancelled after (\d+) of {total} windows", status.text_content()).group(1))
+    assert done < total // 2, (done, total)
+    expect(box).to_be_hidden()
+    assert page.is_hidden("#result") and page.is_hidden("#error")
+    before = _cpu_seconds(SERVER_PIDS[server])
+    time.sleep(1.5)
+    busy_cpu = _cpu_seconds(SERVER_PIDS[server]) - before
+    assert busy_cpu < 0.4, f"the server used {busy_cpu:.2f} s of CPU in 1.5 s after the cancel"
+
+    # The server is free again: the next photo is analysed at once.
+    page.select_option("#mode", "resize")
+    page.set_input_files("#file-input", files=[{"name": "after.png", "mimeType": "image/png",
+                                                "buffer": _png_bytes(40, 60, 5)}])
+    expect(page.locator("#result-name")).to_have_text("after.png", timeout=60_000)
+    expect(page.locator("#status")).to_contain_text("Analysed after.png")
+    # Only the cancelled upload's HTTP 409 may be logged.
+    assert all("409" in e for e in errors), errors
+    page.close()

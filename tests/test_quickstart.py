@@ -27,6 +27,11 @@ def test_quickstart_beats_the_trivial_predictor_as_the_readme_says(tmp_path: Pat
     assert model["pixel_auc"] >= 0.65
     assert (out / "report" / "samples.png").stat().st_size > 10_000
     assert (out / "run" / "checkpoints" / "epoch_0009" / "model.safetensors").is_file()
+    # Its model card: the demo-model label first, then the held-out number it measured.
+    for folder in (out / "run" / "checkpoints" / "epoch_0009", out / "run" / "best"):
+        card = json.loads((folder / "config.json").read_text())["card"]
+        assert card["headline"].startswith("demo model: trained for minutes on synthetic images")
+        assert f"pixel F1 {model['pixel_f1']:.2f} on " in card["headline"]
 
     readme = (REPO / "README.md").read_text()
     reported = re.search(r"quickstart held-out pixel F1: \*\*([0-9.]+)\*\*", readme)

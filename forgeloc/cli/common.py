@@ -31,6 +31,14 @@ def parse_named(items: list[str]) -> dict[str, str]:
     return named
 
 
+def set_threads(threads: int | None) -> None:
+    """``--threads``: how many CPU threads PyTorch uses (None keeps its default: all cores)."""
+    if threads is not None:
+        import torch
+
+        torch.set_num_threads(threads)
+
+
 def check_threshold_and_device(threshold: float | None, device: str | None) -> None:
     """The option checks every predicting command shares: a threshold in [0, 1] (the heatmap is a
     probability) and a device that exists here; a one-line error otherwise."""

@@ -9,12 +9,13 @@ from __future__ import annotations
 import contextlib
 import os
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
 import typer
 
-from forgeloc.cli.common import check_threshold_and_device, console, fail
+from forgeloc.cli.common import check_threshold_and_device, console, fail, set_threads
 
 # The library's names, re-exported: this module was their home before forgeloc.inference.batch.
 from forgeloc.data.files import expand_inputs
@@ -119,10 +120,7 @@ def predict(
     model.safetensors, or a .safetensors/.pth file) is taken as --detector.
     """
     _check_options(mode, amp, max_pixels, threshold, device)
-    if threads is not None:
-        import torch
-
-        torch.set_num_threads(threads)
+    set_threads(threads)
     if inputs and detector == "default" and _looks_like_checkpoint(inputs[0]) and len(inputs) > 1:
         detector, inputs = inputs[0], inputs[1:]
     cue_names = parse_cues(cues)
@@ -191,24 +189,113 @@ def _warn_foreign_outputs(plan: BatchPlan) -> None:
                       f"outputs of the same images will be replaced: {shown}", highlight=False, soft_wrap=True)
 
 
+#: A time estimate is printed when the first windows say the run will take at least this long (seconds).
+ESTIMATE_MIN_SECONDS = 20.0
+#: ... measured over at least this many seconds of windows after the first batch (the model's warm-up).
+ESTIMATE_AFTER_SECONDS = 1.0
+
+
+def _duration(seconds: float) -> str:
+    if seconds < 90:
+        return f"{seconds:.0f} s"
+    return f"{seconds / 60:.0f} min" if seconds < 5400 else f"{seconds / 3600:.1f} h"
+
+
+class WindowProgress:
+    """The bar of ``forgeloc predict``, counted in model windows (an image predicted in resize mode
+    is one window), so that it moves during one large tiled photo and its ETA covers the whole run.
+
+    Each file's windows are planned from its header before the run (:meth:`Predictor.plan`); the
+    predictor's progress callback (:meth:`on_progress`) moves the bar within the current image and
+    ``on_result`` settles it at the next one. The pace of the windows after the first batch (which
+    pays the model's warm-up) gives a time estimate, printed once when the run looks long."""
+
+    def __init__(self, bar: Any, predictor: Any, files: list[Path], mode: str) -> None:
+        self.bar, self.files = bar, files
+        self.planned = [self._windows(predictor, f, mode) for f in files]
+        self.before = [0]  # windows of the images before image i
+        for n in self.planned:
+            self.before.append(self.before[-1] + n)
+        self.tiled = sum(n > 1 for n in self.planned)
+        self.current = 0
+        self.first: tuple[float, int] | None = None  # (time, windows done) at the end of the first batch
+        self.estimated = False
+        self.task = bar.add_task("predicting", total=self.before[-1], images=f"0/{len(files)} images")
+
+    @staticmethod
+    def _windows(predictor: Any, path: Path, mode: str) -> int:
+        from forgeloc.data.io import ImageReadError
+
+        try:
+            return max(1, predictor.plan(path, mode).windows)
+        except (ImageReadError, OSError, TypeError, ValueError):
+            return 1  # an unreadable file fails at once: one step
+
+    @property
+    def total(self) -> int:
+        return self.before[-1]
+
+    def on_progress(self, done: int, total: int, stage: str) -> None:
+        i = min(self.current, len(self.files) - 1)
+        name = self.files[i].name
+        if stage != "windows":
+            self.bar.update(self.task, description=f"{name}: {stage} {done}/{total}")
+            return
+        if total and total != self.planned[i]:  # the header's plan was off: move the total, never the bar back
+            self._replan(i, total)
+        completed = self.before[i] + min(done, self.planned[i])
+        self.bar.update(self.task, completed=completed, description=name)
+        if done and not self.estimated:
+            self._estimate(completed, time.monotonic())
+
+    def on_result(self, item: Any) -> None:
+        if item.failure is not None:
+            self.bar.console.print(f"[red]skipped[/red] {item.path}: {item.failure['error']}", highlight=False)
+        self.current = item.processed
+        self.bar.update(self.task, completed=self.before[min(item.processed, len(self.files))],
+                        images=f"{item.processed}/{len(self.files)} images")
+
+    def _replan(self, i: int, windows: int) -> None:
+        delta = windows - self.planned[i]
+        self.planned[i] = windows
+        self.before[i + 1:] = [b + delta for b in self.before[i + 1:]]
+        self.bar.update(self.task, total=self.total)
+
+    def _estimate(self, completed: int, now: float) -> None:
+        """The pace since the first batch, once measured over a second, times the windows left;
+        printed once, if the run looks long."""
+        if self.first is None:
+            self.first = (now, completed)
+            return
+        since, counted = now - self.first[0], completed - self.first[1]
+        if since < ESTIMATE_AFTER_SECONDS or counted < 1:
+            return
+        self.estimated = True
+        remaining = since / counted * (self.total - completed)
+        if remaining >= ESTIMATE_MIN_SECONDS:
+            self.bar.console.print(
+                f"estimated time: about {_duration(remaining)} for the {self.total - completed:,} windows left "
+                f"(an estimate from the pace of {counted:,} window(s); training-free cues add to it)", highlight=False)
+
+
 def _run_with_progress(run: BatchPrediction) -> None:
-    """Run the batch under a progress bar; a stopped run ends the command the way its cause asks
-    (Ctrl+C: exit 130; the output folder failing: a one-line error; anything else: raised again)."""
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+    """Run the batch under a progress bar counted in model windows, with an ETA; a stopped run ends
+    the command the way its cause asks (Ctrl+C: exit 130; the output folder failing: a one-line
+    error; anything else: raised again)."""
+    from rich import progress as rp
 
     from forgeloc.inference.batch import ResultsNotSavedError
 
-    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
+    columns = (rp.TextColumn("{task.description}"), rp.BarColumn(), rp.MofNCompleteColumn(), rp.TextColumn("windows"),
+               rp.TextColumn("{task.fields[images]}"), rp.TimeElapsedColumn(), rp.TextColumn("ETA"),
+               rp.TimeRemainingColumn())
     try:
-        with Progress(*columns, console=console, transient=False) as progress:
-            task = progress.add_task("predicting", total=len(run.plan.files))
-
-            def on_result(item: Any) -> None:
-                if item.failure is not None:
-                    progress.console.print(f"[red]skipped[/red] {item.path}: {item.failure['error']}", highlight=False)
-                progress.advance(task)
-
-            run.on_result = on_result
+        with rp.Progress(*columns, console=console, transient=False) as progress:
+            bar = WindowProgress(progress, run.predictor, list(run.plan.files), run.mode)
+            if bar.tiled:
+                progress.console.print(f"{bar.total:,} model windows to run ({bar.tiled} image(s) in several "
+                                       "windows)", highlight=False)
+            run.on_result, run.progress = bar.on_result, bar.on_progress
             run.run()
     except ResultsNotSavedError as err:
         fail(str(err), code=1)

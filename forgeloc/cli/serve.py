@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from forgeloc.cli.common import check_threshold_and_device, console, fail
+from forgeloc.cli.common import check_threshold_and_device, console, fail, set_threads
 
 
 def serve(
@@ -41,10 +41,7 @@ def serve(
     from forgeloc.inference.server import serve as run_server
     from forgeloc.io import CheckpointError
 
-    if threads is not None:
-        import torch
-
-        torch.set_num_threads(threads)
+    set_threads(threads)
     cue_names = parse_cues(cues)
     if max_upload_mb <= 0:
         fail("--max-upload-mb must be positive")

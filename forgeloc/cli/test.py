@@ -6,7 +6,7 @@ from pathlib import Path
 
 import typer
 
-from forgeloc.cli.common import check_threshold_and_device, fail, parse_named
+from forgeloc.cli.common import check_threshold_and_device, fail, parse_named, set_threads
 
 
 def test(
@@ -24,6 +24,7 @@ def test(
     batch_size: int = typer.Option(4, help="Images per forward pass."),
     num_workers: int = typer.Option(2, help="Data-loading worker processes."),
     device: str | None = typer.Option(None, help="cpu, cuda ... (default: CUDA if available)."),
+    threads: int | None = typer.Option(None, min=1, help="CPU threads for PyTorch (default: all cores)."),
 ) -> None:
     """Evaluate a checkpoint on one or more test sets and write one table (Markdown, CSV, JSON).
 
@@ -39,6 +40,7 @@ def test(
     if input_size is not None and input_size < 1:
         fail(f"--input-size must be a positive number of pixels, got {input_size}")
     check_threshold_and_device(threshold, device)
+    set_threads(threads)
     check_output_folder(out)
     try:
         run_test(

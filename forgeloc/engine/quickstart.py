@@ -70,6 +70,38 @@ def quickstart_config(out: Path, train_json: Path, test_json: Path, *, epochs: i
     )
 
 
+#: What the quickstart's model is, in every output that shows the model (forgeloc.inference.predictor.model_label).
+DEMO_LABEL = "demo model: trained for minutes on synthetic images, not for real cases"
+
+
+def demo_card(f1: float, f1_trivial: float, n_test: int, epochs: int, metrics_file: Path) -> dict[str, Any]:
+    """The model card of the quickstart's checkpoint: the demo-model label first, then the held-out
+    number the quickstart measured, next to the trivial predictor's, and what kind of number it is."""
+    shown = f"{f1:.2f}" if math.isfinite(f1) else "undefined"
+    return {
+        "title": "unet_baseline (forgeloc quickstart)",
+        "headline": f"{DEMO_LABEL}; {epochs} epoch(s); pixel F1 {shown} on {n_test} held-out synthetic images "
+                    f"(all-tampered predictor {f1_trivial:.2f}; synthetic: not a real-photo number)",
+        "doc": str(metrics_file),
+        "synthetic_validation": True,
+    }
+
+
+def write_card(checkpoints: list[Path | None], card: dict[str, Any]) -> None:
+    """Put ``card`` into each checkpoint folder's ``config.json`` (the last and the best checkpoint)."""
+    import json
+
+    from forgeloc.io import CONFIG_FILE, atomic_write
+
+    for folder in checkpoints:
+        if folder is None or not (Path(folder) / CONFIG_FILE).is_file():
+            continue
+        path = Path(folder) / CONFIG_FILE
+        config = {**json.loads(path.read_text()), "card": card}
+        text = json.dumps(config, indent=2, default=str)  # as the trainer writes it
+        atomic_write(path, lambda tmp, text=text: tmp.write_text(text))
+
+
 def _sample_figure(checkpoint: Path, test_json: Path, size: int, path: Path, n: int = 6) -> None:
     """A grid: photo, ground truth, heatmap for the first ``n`` tampered held-out images."""
     import matplotlib
@@ -156,9 +188,11 @@ def run_quickstart(
         "command": f"forgeloc quickstart --out {out}",
     }
     write_tables(rows, report, "metrics", meta, first_column="model")
+    f1, f1_trivial = rows["unet_baseline"]["pixel_f1"], trivial["pixel_f1"]
+    # The trainer's card says "trained N epochs"; the quickstart's says first that it is a demo model.
+    write_card([checkpoint, result.best_checkpoint], demo_card(f1, f1_trivial, n_test, epochs, report / "metrics.md"))
     _sample_figure(checkpoint, test_json, size, report / "samples.png")
     console.print(metrics_table(rows, title="quickstart: held-out synthetic images"))
-    f1, f1_trivial = rows["unet_baseline"]["pixel_f1"], trivial["pixel_f1"]
     verdict = "above" if (math.isfinite(f1) and f1 > f1_trivial) else "NOT above"
     console.print(
         f"pixel F1 {f1:.3f} vs trivial {f1_trivial:.3f} ({verdict} the all-tampered predictor). "

@@ -15,6 +15,7 @@ with bit-identical weights.
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 import os
@@ -149,6 +150,46 @@ def inference_config(cfg: Config, model: nn.Module, size: int, epoch: int, metri
         "epoch": epoch,
         "metrics": metrics or {},
         "train_config": cfg.to_dict(),
+        **({"card": card} if (card := training_card(cfg, epoch, metrics)) else {}),
+    }
+
+
+def is_synthetic_set(path: str | os.PathLike) -> bool:
+    """Whether a dataset (its JSON list or folder) was made by ``forgeloc synth``: its folder holds
+    the manifest the generator writes."""
+    folder = Path(path) if Path(path).is_dir() else Path(path).parent
+    try:
+        return json.loads((folder / "manifest.json").read_text()).get("generator") == "forgeloc.synth"
+    except (OSError, ValueError, AttributeError):
+        return False
+
+
+def _validation_summary(name: str, result: dict[str, Any]) -> str:
+    f1, n = result.get("pixel_f1"), result.get("n_images")
+    shown = f"{f1:.2f}" if isinstance(f1, (int, float)) and math.isfinite(f1) else "undefined"
+    return f"pixel F1 {shown} on {name}" + (f" ({int(n)} images)" if isinstance(n, (int, float)) else "")
+
+
+def training_card(cfg: Config, epoch: int, metrics: dict[str, dict[str, Any]] | None) -> dict[str, Any] | None:
+    """The model card of a checkpoint (``config.json["card"]``, the title and headline every output
+    shows), written from the run's own evaluation of this checkpoint; ``None`` when it was not
+    evaluated (it is then shown as an unvalidated model). The headline says what the number is:
+    a validation set made by ``forgeloc synth`` is synthetic, not a real-photo number; any other is
+    the run's own choice of validation set, not an independent benchmark."""
+    if not metrics:
+        return None
+    synthetic = all(is_synthetic_set(cfg.data.test[name]) for name in metrics if name in cfg.data.test)
+    caveat = ("synthetic: not a real-photo number" if synthetic
+              else "the run's own validation set, not an independent benchmark")
+    trained_on = ", ".join(d.name or Path(d.path).stem for d in cfg.data.train) or "no recorded data"
+    return {
+        "title": f"{cfg.model.name} (forgeloc train)",
+        "headline": f"trained {epoch + 1} epoch(s) on {trained_on}; validation "
+                    f"{', '.join(_validation_summary(n, r) for n, r in metrics.items())} ({caveat})",
+        "doc": "config.json: metrics (every validation number of this checkpoint); the run's log.jsonl",
+        "validation": {n: {k: r[k] for k in ("pixel_f1", "pixel_auc", "image_auc", "n_images") if k in r}
+                       for n, r in metrics.items()},
+        "synthetic_validation": synthetic,
     }
 
 

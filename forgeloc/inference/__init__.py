@@ -9,6 +9,16 @@
 * a local web page + JSON API (:mod:`forgeloc.inference.server`, needs FastAPI/uvicorn).
 """
 
-from forgeloc.inference.predictor import MODES, Prediction, PredictionFailure, Predictor, load
+from forgeloc.inference.predictor import (
+    MODES,
+    Prediction,
+    PredictionCancelledError,
+    PredictionFailure,
+    Predictor,
+    ProgressFn,
+    WorkPlan,
+    load,
+)
 
-__all__ = ["MODES", "Prediction", "PredictionFailure", "Predictor", "load"]
+__all__ = ["MODES", "Prediction", "PredictionCancelledError", "PredictionFailure", "Predictor", "ProgressFn",
+           "WorkPlan", "load"]

@@ -259,15 +259,18 @@ class BatchPrediction:
     :meth:`run` returns a :class:`BatchSummary`; an exception (Ctrl+C included) ends the run, the
     results so far are saved, and the exception is raised again. Until then :attr:`summary` holds
     the partial state, and :attr:`save_error` the error that kept the results from being saved, if any.
+    ``progress``: called as each image's windows and cues run (see :meth:`Predictor.iter_predict`).
     """
 
     def __init__(self, predictor: Predictor, plan: BatchPlan, *, mode: str = "auto", batch_size: int = 4,
                  report: bool = True, command: str | Sequence[str] | None = None,
                  on_result: Callable[[BatchItem], None] | None = None,
-                 flush_seconds: float = FLUSH_SECONDS, flush_max_share: float = FLUSH_MAX_SHARE) -> None:
+                 flush_seconds: float = FLUSH_SECONDS, flush_max_share: float = FLUSH_MAX_SHARE,
+                 progress: Callable[[int, int, str], None] | None = None) -> None:
         self.predictor, self.plan, self.out = predictor, plan, plan.out
         self.mode, self.batch_size, self.report, self.command = mode, batch_size, report, command
         self.on_result = on_result
+        self.progress = progress  # each image's windows and cues (Predictor.iter_predict's ``progress``)
         self.flush_seconds, self.flush_max_share = flush_seconds, flush_max_share
         self.writer = ResultsWriter(self.out)
         self.writer.failures.extend({"name": Path(item).name, "path": item, "error": why}
@@ -299,7 +302,7 @@ class BatchPrediction:
         files = self.plan.files
         last_flush, flush_every = time.monotonic(), self.flush_seconds
         results = self.predictor.iter_predict(files, batch_size=self.batch_size, mode=self.mode, skip_errors=True,
-                                              names=[p.name for p in files])
+                                              names=[p.name for p in files], progress=self.progress)
         for path, stem, result in zip(files, self.plan.stems, results, strict=True):
             if isinstance(result, PredictionFailure):
                 row, failure = None, {**result.to_dict(), "path": str(path)}

@@ -36,7 +36,7 @@ import json
 import math
 import os
 import warnings
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -56,12 +56,27 @@ from forgeloc.engine.runtime import autocast_context
 from forgeloc.inference.outputs import output_files
 from forgeloc.io import check_input_mode, check_threshold, resolve_device
 
-__all__ = ["MODES", "Prediction", "PredictionFailure", "Predictor", "load"]
+__all__ = ["MODES", "Prediction", "PredictionCancelledError", "PredictionFailure", "Predictor", "ProgressFn",
+           "WorkPlan", "load"]
 
 MODES = ("auto", "resize", "tile")
 #: ``auto`` tiles when the image's longer side is more than this many times the model's input size.
 AUTO_TILE_FACTOR = 2.0
 _AMP = {None: "none", "none": "none", "bf16": "bf16", "fp16": "fp16"}
+
+#: ``progress(done, total, stage)``, called while one image is predicted: ``stage`` is ``"windows"``
+#: (``done`` of ``total`` model windows run; ``(0, total)`` comes before the first one) or ``"cues"``
+#: (``done`` of ``total`` training-free cues run). A callback that raises stops the prediction there,
+#: between two windows or two cues: raise :class:`PredictionCancelledError` to cancel.
+ProgressFn = Callable[[int, int, str], None]
+
+
+class PredictionCancelledError(Exception):
+    """Raised by a progress callback to stop a prediction at its next window or cue."""
+
+
+def _no_progress(done: int, total: int, stage: str) -> None:
+    """The progress callback of a caller that passed none."""
 
 
 # --------------------------------------------------------------------------------------------------
@@ -188,6 +203,19 @@ class PredictionFailure:
         return {"name": self.name, "path": self.source, "error": self.error}
 
 
+@dataclass(frozen=True)
+class WorkPlan:
+    """How much work one image will take, known before it is decoded (:meth:`Predictor.plan`):
+    its size, the mode ``auto`` resolves to, the model windows to run (1 in resize mode, 0 without
+    a model) and the training-free cues that run after them."""
+
+    height: int
+    width: int
+    mode: str
+    windows: int
+    cues: int
+
+
 # --------------------------------------------------------------------------------------------------
 # Inputs
 # --------------------------------------------------------------------------------------------------
@@ -231,6 +259,33 @@ def _describe(item: Any) -> tuple[str, str | None]:
     if isinstance(item, (bytes, bytearray, memoryview)):
         return "bytes", None
     return type(item).__name__, None
+
+
+def image_size(item: Any, max_pixels: int = DEFAULT_MAX_PIXELS) -> tuple[int, int]:
+    """``(height, width)`` of an input as it will be predicted (EXIF orientation applied), read from
+    a file's header: nothing is decoded. Raises like :func:`read_image` for an unreadable file."""
+    from forgeloc.data.io import image_info
+
+    if isinstance(item, np.ndarray):
+        if item.ndim < 2:
+            raise ValueError(f"{_describe(item)[0]}: expected an image array, got shape {item.shape}")
+        return int(item.shape[0]), int(item.shape[1])
+    if hasattr(item, "getexif") and hasattr(item, "size"):  # a PIL image: rotated as load_input does
+        width, height = item.size
+        return (width, height) if int(item.getexif().get(0x0112, 1) or 1) in (5, 6, 7, 8) else (height, width)
+    where = _describe(item)[0]
+    if hasattr(item, "read") and not isinstance(item, (bytes, bytearray, memoryview)):
+        if not (hasattr(item, "seek") and hasattr(item, "tell")):
+            raise TypeError(f"{where}: a stream that cannot seek cannot be planned without consuming it")
+        start = item.tell()
+        try:
+            info = image_info(item, max_pixels=max_pixels, name=where)
+        finally:
+            item.seek(start)
+    else:
+        info = image_info(item, max_pixels=max_pixels, name=where if not isinstance(item, (str, os.PathLike))
+                          else None)
+    return info.height, info.width
 
 
 def _check_pixels(width: int, height: int, max_pixels: int, where: str) -> None:
@@ -546,6 +601,26 @@ class Predictor:
             return "tile"
         return "resize"
 
+    def count_windows(self, height: int, width: int, mode: str = "auto") -> tuple[str, int]:
+        """``(mode used, model windows run)`` for an image of this size: 1 in resize mode, the tile
+        grid in tile mode, the block-aligned windows of a native-resolution model, 0 without a model."""
+        if self.model is None:
+            return "native", 0
+        if self.native:
+            return "native", len(native_windows(height, width))
+        chosen = self.choose_mode(height, width, mode)
+        if chosen == "resize":
+            return chosen, 1
+        s = self.input_size  # tile_predict pads a smaller image up to one window
+        return chosen, len(tiling.window_grid(max(height, s), max(width, s), s, self.tile_overlap))
+
+    def plan(self, image: Any, mode: str = "auto") -> WorkPlan:
+        """The work :meth:`predict` will do on ``image`` (:class:`WorkPlan`), from the file's header
+        only, so that a caller can show the total, or an estimate, before the work starts."""
+        height, width = image_size(image, self.max_pixels)
+        chosen, windows = self.count_windows(height, width, mode)
+        return WorkPlan(height, width, chosen, windows, len(self.cues))
+
     # -- forward -----------------------------------------------------------------------------------
     def _forward(self, crops: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
         """``N×S×S×3`` uint8 → (``N×S×S`` float32 probabilities, ``N`` pred_label or None)."""
@@ -592,13 +667,36 @@ class Predictor:
             out.append((np.clip(heat, 0.0, 1.0, out=heat).astype(np.float32, copy=False), score, source))
         return out
 
-    def _predict_tiled(self, image: np.ndarray, batch_size: int) -> tuple[np.ndarray, float, str, int]:
+    def _predict_tiled(self, image: np.ndarray, batch_size: int,
+                       progress: ProgressFn = _no_progress) -> tuple[np.ndarray, float, str, int]:
         padding = "black" if self.input_mode == "pad" else "reflect"
+        total = self.count_windows(*image.shape[:2], mode="tile")[1]
+        done = 0
+        progress(0, total, "windows")
+
+        def forward_counting(crops: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+            nonlocal done
+            out = self._forward(crops)
+            done += len(crops)
+            progress(done, total, "windows")  # between two batches of windows: where a cancel stops
+            return out
+
         heat, label, n = tiling.tile_predict(
-            image, self._forward, self.input_size, overlap=self.tile_overlap, batch_size=batch_size, padding=padding
+            image, forward_counting, self.input_size, overlap=self.tile_overlap, batch_size=batch_size,
+            padding=padding,
         )
         score, source = self._score(heat, label)
         return heat, score, source, n
+
+    def _run_cues(self, image: ImageInput, progress: ProgressFn) -> dict[str, CueResult]:
+        """The training-free cues, in order, reporting each one done (some take seconds on a large photo)."""
+        cues: dict[str, CueResult] = {}
+        for k, name in enumerate(self.cues):
+            progress(k, len(self.cues), "cues")
+            cues[name] = run_cue(name, image)
+        if self.cues:
+            progress(len(self.cues), len(self.cues), "cues")
+        return cues
 
     # -- public API --------------------------------------------------------------------------------
     def predict(
@@ -609,23 +707,27 @@ class Predictor:
         *,
         name: str | None = None,
         batch_size: int = 4,
+        progress: ProgressFn | None = None,
     ) -> Prediction:
         """Predict on one image: a path, raw bytes, a binary file object, an RGB numpy array
         (uint8 ``H×W×3``, ``H×W`` grey, ``H×W×4`` RGBA, uint16, or float in [0, 1]) or a PIL image.
 
         ``threshold`` defaults to the checkpoint's (else 0.5); ``batch_size`` = windows per forward
-        pass in tile mode.
+        pass in tile mode; ``progress``: a :data:`ProgressFn` called as the windows and cues run.
         """
         result = next(self.iter_predict([image], batch_size=batch_size, mode=mode, threshold=threshold,
-                                        names=None if name is None else [name]))
+                                        names=None if name is None else [name], progress=progress))
         assert isinstance(result, Prediction)  # errors are raised, not yielded, by default
         return result
 
     def predict_batch(
-        self, items: Iterable[Any], batch_size: int = 4, mode: str = "auto", threshold: float | None = None
+        self, items: Iterable[Any], batch_size: int = 4, mode: str = "auto", threshold: float | None = None,
+        progress: ProgressFn | None = None,
     ) -> list[Prediction]:
-        """Predict on many images with batched forward passes; results in input order."""
-        return [r for r in self.iter_predict(items, batch_size=batch_size, mode=mode, threshold=threshold)
+        """Predict on many images with batched forward passes; results in input order. ``progress``
+        is called for each image in turn (its windows, then its cues; see :meth:`iter_predict`)."""
+        return [r for r in self.iter_predict(items, batch_size=batch_size, mode=mode, threshold=threshold,
+                                             progress=progress)
                 if isinstance(r, Prediction)]
 
     def iter_predict(
@@ -637,12 +739,17 @@ class Predictor:
         threshold: float | None = None,
         skip_errors: bool = False,
         names: Iterable[str] | None = None,
+        progress: ProgressFn | None = None,
     ) -> Iterator[Prediction | PredictionFailure]:
         """Yield one result per input, in order, reading only ``batch_size`` images at a time.
 
         Images predicted in resize mode share forward passes (``batch_size`` per pass); a tiled
         image runs its windows ``batch_size`` at a time. With ``skip_errors=True`` an unreadable
         input yields a :class:`PredictionFailure` instead of raising.
+
+        ``progress`` (a :data:`ProgressFn`) counts each image's own work, image after image: its
+        windows (``(1, 1)`` for an image of a shared resize pass), then its cues; an exception it
+        raises (:class:`PredictionCancelledError`) ends the iteration.
         """
         if batch_size < 1:
             raise ValueError(f"batch_size must be at least 1, got {batch_size}")
@@ -655,13 +762,14 @@ class Predictor:
             label = next(name_iter, None) if name_iter is not None else None
             chunk.append((item, label or _describe(item)[0]))
             if len(chunk) == batch_size:
-                yield from self._run_chunk(chunk, batch_size, mode, thr, skip_errors)
+                yield from self._run_chunk(chunk, batch_size, mode, thr, skip_errors, progress or _no_progress)
                 chunk = []
         if chunk:
-            yield from self._run_chunk(chunk, batch_size, mode, thr, skip_errors)
+            yield from self._run_chunk(chunk, batch_size, mode, thr, skip_errors, progress or _no_progress)
 
     def _run_chunk(
-        self, chunk: list[tuple[Any, str]], batch_size: int, mode: str, threshold: float, skip_errors: bool
+        self, chunk: list[tuple[Any, str]], batch_size: int, mode: str, threshold: float, skip_errors: bool,
+        progress: ProgressFn,
     ) -> Iterator[Prediction | PredictionFailure]:
         loaded: list[ImageInput | PredictionFailure] = []
         for item, name in chunk:
@@ -688,13 +796,14 @@ class Predictor:
             elif i in resized_out:
                 heat, score, source = resized_out.pop(i)
                 chosen, windows = "resize", 1
+                progress(1, 1, "windows")
             elif self.native:
-                heat, score, source, windows, streams = self._predict_native(im)
+                heat, score, source, windows, streams = self._predict_native(im, progress)
                 chosen = "native"
             else:
-                heat, score, source, windows = self._predict_tiled(im.rgb, batch_size)
+                heat, score, source, windows = self._predict_tiled(im.rgb, batch_size, progress)
                 chosen = "tile"
-            cues = {n: run_cue(n, im) for n in self.cues}
+            cues = self._run_cues(im, progress)
             # Chain of custody: the hash of the very bytes that were decoded (not a re-read file).
             custody = {} if im.data is None else {"sha256": hashlib.sha256(im.data).hexdigest(),
                                                   "file_size": len(im.data)}
@@ -734,19 +843,23 @@ class Predictor:
             pred = self.model(batch)["pred_mask"]
         return pred[0, 0].float().clamp(0.0, 1.0).cpu().numpy()
 
-    def _predict_native(self, image: ImageInput) -> tuple[np.ndarray, float, str, int, list[str]]:
+    def _predict_native(self, image: ImageInput,
+                        progress: ProgressFn = _no_progress) -> tuple[np.ndarray, float, str, int, list[str]]:
         """The whole photo at its own resolution, in block-aligned windows of at most
         ``NATIVE_WINDOW`` pixels a side (averaged where they overlap)."""
         dct = self._jpeg_dct(image)
         H, W = image.height, image.width
         heat = np.zeros((H, W), np.float32)
         count = np.zeros((H, W), np.float32)
+        spans = native_windows(H, W)
+        progress(0, len(spans), "windows")
         windows = 0
-        for ys, xs in native_windows(H, W):
+        for ys, xs in spans:
             sub = None if dct is None else dct[:, ys.start // 8: -(-ys.stop // 8), xs.start // 8: -(-xs.stop // 8)]
             heat[ys, xs] += self._forward_native(image.rgb[ys, xs], sub)
             count[ys, xs] += 1
             windows += 1
+            progress(windows, len(spans), "windows")
         heat /= count
         return heat, self._reduce(heat), self.image_score, windows, ["jpeg_dct" if dct is not None else "pixels"]
 

@@ -23,15 +23,23 @@ Hardening (issue 19):
   a request whose ``Content-Length`` promises more than is sent;
 * bounded work: the page refuses images over :data:`DEFAULT_MAX_PIXELS` (25 MP) before decoding.
   Predictions run one at a time on a dedicated daemon thread; an upload whose client has left before
-  its turn is dropped without running, and a prediction whose client leaves while it runs has its
-  result dropped. A prediction that has started cannot be interrupted (PyTorch / NumPy code in a
-  thread offers no safe cancellation point): the model stays busy until it ends, but shutdown does
-  not wait for it (uvicorn's ``timeout_graceful_shutdown`` = :data:`SHUTDOWN_TIMEOUT_S`, and the
+  its turn is dropped without running, and a prediction whose client leaves while it runs is stopped
+  at its next model window or cue (a cancellation flag the predictor's progress callback checks;
+  one forward pass or one cue is not interrupted) and its result dropped. Shutdown does not wait for
+  a running prediction (uvicorn's ``timeout_graceful_shutdown`` = :data:`SHUTDOWN_TIMEOUT_S`, and the
   daemon thread does not hold the process);
 * a client that disconnects is logged in one line, not as an "Exception in ASGI application";
 * DNS rebinding: when bound to a loopback address, requests whose ``Host`` is not ``localhost``,
   ``127.0.0.1`` or ``[::1]`` (any port) are refused with 400; cross-site POSTs: a POST whose
   ``Origin`` header is present and does not match ``Host`` is refused with 403 (``curl`` sends none).
+
+Progress and cancel: the page names each upload with a random job id (``POST
+/api/predict?job=ID``); ``GET /api/progress?job=ID`` says where it is (``state``: receiving, queued
+with ``ahead`` predictions before it, running with ``windows_done`` / ``windows_total`` and
+``cues_done`` / ``cues_total``, done, cancelled; ``unknown`` for an id the server does not hold) and
+``POST /api/cancel?job=ID`` stops it between two windows: the upload is then answered 409 with
+``"cancelled": true`` and how far it got. Only uploads in flight are tracked (at most
+:data:`MAX_IN_FLIGHT`); an id is forgotten when its upload is answered.
 
 The prediction's JSON (``POST /api/predict``) is :meth:`Prediction.to_dict` (with the cue
 summaries under ``cues``) plus: ``verdict_text`` / ``verdict_class`` (the verdict band in words
@@ -50,6 +58,7 @@ import hashlib
 import importlib.resources
 import logging
 import queue
+import re
 import threading
 import time
 import urllib.parse
@@ -60,7 +69,7 @@ from typing import Any
 from forgeloc.data.io import DecompressionBombError, ImageReadError
 from forgeloc.inference import report
 from forgeloc.inference import visualize as viz
-from forgeloc.inference.predictor import MODES, Predictor
+from forgeloc.inference.predictor import MODES, PredictionCancelledError, Predictor
 from forgeloc.io import check_threshold
 
 __all__ = ["CUE_DISPLAY_SIDE", "DEFAULT_BODY_TIMEOUT_S", "DEFAULT_MAX_PIXELS", "DEFAULT_MAX_UPLOAD_MB",
@@ -95,6 +104,8 @@ _CSP = ("default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self'
 
 
 _LOOPBACK_BINDS = ("127.0.0.1", "localhost", "::1", "[::1]")
+#: A job id the page chooses for an upload (random; only a handle to follow or cancel it).
+_JOB_ID = re.compile(r"^[A-Za-z0-9_-]{8,64}$")
 log = logging.getLogger("uvicorn.error")  # one line in the server's own log
 
 
@@ -135,6 +146,33 @@ class _PredictionWorker:
                 future.set_result(fn(*args))
             except BaseException as err:  # handed to the waiting request
                 future.set_exception(err)
+
+
+class _Job:
+    """One upload's prediction as the page follows it: where it is, how many windows and cues are
+    done, and the flag that cancels it (checked by the predictor's progress callback, between windows)."""
+
+    def __init__(self, seq: int) -> None:
+        self.seq = seq
+        self.state = "receiving"  # → queued → running → done | cancelled | failed
+        self.windows_done = self.windows_total = self.cues_done = self.cues_total = 0
+        self.stage = "windows"
+        self.cancel = threading.Event()
+
+    def progress(self, done: int, total: int, stage: str) -> None:
+        """The predictor's progress callback: record, then stop here if the job was cancelled."""
+        self.stage = stage
+        if stage == "windows":
+            self.windows_done, self.windows_total = done, total
+        else:
+            self.cues_done, self.cues_total = done, total
+        if self.cancel.is_set():
+            raise PredictionCancelledError(f"cancelled after {self.windows_done} of {self.windows_total} windows")
+
+    def to_json(self, ahead: int) -> dict[str, Any]:
+        return {"state": "cancelling" if self.cancel.is_set() and self.state in ("queued", "running") else self.state,
+                "ahead": ahead, "stage": self.stage, "windows_done": self.windows_done,
+                "windows_total": self.windows_total, "cues_done": self.cues_done, "cues_total": self.cues_total}
 
 
 def _split_host(value: str) -> tuple[str, str] | None:
@@ -354,8 +392,17 @@ def create_app(
         return site.info()
 
     @app.post("/api/predict")
-    async def predict(request: Request, mode: str = "auto", threshold: float | None = None) -> Any:
-        return await site.predict(request, mode, threshold)
+    async def predict(request: Request, mode: str = "auto", threshold: float | None = None,
+                      job: str | None = None) -> Any:
+        return await site.predict(request, mode, threshold, job)
+
+    @app.get("/api/progress")
+    def progress(job: str = "") -> dict[str, Any]:
+        return site.progress(job)
+
+    @app.post("/api/cancel")
+    def cancel(job: str = "") -> Any:
+        return site.cancel(job)
 
     return app
 
@@ -407,7 +454,11 @@ class _Site:
         self.counter_lock = threading.Lock()
         self.worker = _PredictionWorker()
         # Counters the tests (and a curious operator) can read: app.state.forgeloc.
-        self.state = SimpleNamespace(in_flight=0, worker=self.worker, timed_out=0, dropped=0, disconnected=0)
+        self.state = SimpleNamespace(in_flight=0, worker=self.worker, timed_out=0, dropped=0, disconnected=0,
+                                     cancelled=0)
+        self.jobs: dict[str, _Job] = {}  # the uploads in flight that the page follows, by job id
+        self.active: dict[int, _Job] = {}  # every upload in flight (with or without an id), by arrival
+        self.job_seq = 0
         self.identity = _model_identity(predictor)
 
     def info(self) -> dict[str, Any]:
@@ -423,16 +474,41 @@ class _Site:
             "colormap_stops": stops,
         }
 
-    def run_prediction(self, data: bytes, name: str, mode: str, threshold: float | None) -> dict[str, Any]:
+    def run_prediction(self, data: bytes, name: str, mode: str, threshold: float | None, job: _Job) -> dict[str, Any]:
+        if job.cancel.is_set():  # cancelled while queued, after its turn had come
+            raise PredictionCancelledError("cancelled before it started")
+        job.state = "running"
         start = time.perf_counter()
         with self.lock:
-            result = self.predictor.predict(data, mode=mode, threshold=threshold, name=name)
+            result = self.predictor.predict(data, mode=mode, threshold=threshold, name=name, progress=job.progress)
         return prediction_payload(result, data, name, mode, self.predictor.input_size, self.display_side,
                                   time.perf_counter() - start)
 
-    def refuse(self, request: Any, mode: str, threshold: float | None) -> Any:
+    def progress(self, job_id: str) -> dict[str, Any]:
+        """``GET /api/progress``: the job's state (``unknown`` when not in flight: not sent yet, or answered)."""
+        job = self.jobs.get(job_id)
+        if job is None:
+            return {"state": "unknown"}
+        ahead = sum(1 for other in list(self.active.values())
+                    if other.seq < job.seq and other.state in ("queued", "running"))
+        return job.to_json(ahead)
+
+    def cancel(self, job_id: str) -> Any:
+        """``POST /api/cancel``: raise the job's flag; a running prediction stops at its next window."""
+        job = self.jobs.get(job_id)
+        if job is None:
+            return _error(404, "no such prediction in progress (it may have finished)")
+        job.cancel.set()
+        log.info("prediction %s cancelled by its page (%s)", job_id[:12], job.state)
+        return {"cancelled": True, "state": job.state}
+
+    def refuse(self, request: Any, mode: str, threshold: float | None, job_id: str | None = None) -> Any:
         """The answer to a request refused before its body is read (bad options, multipart, a declared
-        size over the limit), or None."""
+        size over the limit, a job id in use), or None."""
+        if job_id is not None and not _JOB_ID.match(job_id):
+            return _error(422, "job must be 8 to 64 letters, digits, '-' or '_'")
+        if job_id is not None and job_id in self.jobs:
+            return _error(409, "this job id is already in use by another upload")
         if mode not in MODES:
             return _error(422, f"mode must be one of {', '.join(MODES)}, not {mode!r}")
         try:
@@ -458,22 +534,31 @@ class _Site:
     def limit_message(self) -> str:
         return f"upload too large: the limit is {self.max_upload_mb:g} MB"
 
-    async def predict(self, request: Any, mode: str, threshold: float | None) -> Any:
+    async def predict(self, request: Any, mode: str, threshold: float | None, job_id: str | None = None) -> Any:
         """``POST /api/predict``: checks, then at most :data:`MAX_IN_FLIGHT` uploads held at once."""
-        refusal = self.refuse(request, mode, threshold)
+        refusal = self.refuse(request, mode, threshold, job_id)
         if refusal is not None:
             return refusal
         with self.counter_lock:
             if self.state.in_flight >= MAX_IN_FLIGHT:
                 return _error(503, "the server is busy with other images; try again in a moment")
+            if job_id is not None and job_id in self.jobs:
+                return _error(409, "this job id is already in use by another upload")
             self.state.in_flight += 1
+            self.job_seq += 1
+            job = self.active[self.job_seq] = _Job(self.job_seq)
+            if job_id is not None:
+                self.jobs[job_id] = job
         try:
-            return await self.answer(request, mode, threshold)
+            return await self.answer(request, mode, threshold, job)
         finally:
             with self.counter_lock:
                 self.state.in_flight -= 1
+                self.active.pop(job.seq, None)
+                if job_id is not None:
+                    self.jobs.pop(job_id, None)
 
-    async def answer(self, request: Any, mode: str, threshold: float | None) -> Any:
+    async def answer(self, request: Any, mode: str, threshold: float | None, job: _Job) -> Any:
         """Read the upload, predict, and answer with the JSON or the reason it was refused."""
         from fastapi.responses import JSONResponse, Response
 
@@ -484,7 +569,12 @@ class _Site:
             return _error(400, "empty upload: send the image file's bytes as the request body")
         name = _clean_name(request.headers.get("x-filename"))
         try:
-            payload = await self.predict_while_connected(request, data, name, mode, threshold)
+            payload = await self.predict_while_connected(request, data, name, mode, threshold, job)
+        except PredictionCancelledError as err:
+            job.state = "cancelled"
+            self.state.cancelled += 1
+            return JSONResponse({"detail": f"{name}: {err}", "cancelled": True, "windows_done": job.windows_done,
+                                 "windows_total": job.windows_total}, status_code=409)
         except DecompressionBombError as err:
             return _error(413, f"image too large: {err.reason}; this server analyses at most "
                                f"{self.predictor.max_pixels / 1e6:g} MP per image (forgeloc serve --max-pixels)")
@@ -492,6 +582,7 @@ class _Site:
             return _error(415, f"not an image: {name} {err.reason}")
         if payload is None:  # the client left: nobody to answer
             return Response(status_code=400)
+        job.state = "done"
         return JSONResponse(payload)
 
     async def read_body(self, request: Any) -> Any:
@@ -530,17 +621,22 @@ class _Site:
                 return b"".join(chunks)
 
     async def predict_while_connected(self, request: Any, data: bytes, name: str, mode: str,
-                                      threshold: float | None) -> dict[str, Any] | None:
+                                      threshold: float | None, job: _Job) -> dict[str, Any] | None:
         """Run the prediction on the worker thread; None when the client leaves first (a prediction not
-        yet started is skipped, a running one finishes and its result is dropped)."""
-        future = self.worker.submit(self.run_prediction, data, name, mode, threshold)
+        yet started is skipped, a running one stops at its next window and its result is dropped).
+        A job cancelled while queued raises :class:`PredictionCancelledError` at once."""
+        job.state = "queued"
+        future = self.worker.submit(self.run_prediction, data, name, mode, threshold, job)
         waiter = asyncio.wrap_future(future)
         try:
             while True:
                 done, _ = await asyncio.wait({waiter}, timeout=DISCONNECT_POLL_S)
                 if done:
                     return waiter.result()
+                if job.cancel.is_set() and future.cancel():
+                    raise PredictionCancelledError("cancelled before it started")
                 if await request.is_disconnected():
+                    job.cancel.set()  # a running prediction stops at its next window
                     started = not future.cancel()
                     self.state.dropped += 1
                     log.info("%s: client disconnected %s; result dropped", _client(request),

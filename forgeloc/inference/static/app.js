@@ -6,10 +6,14 @@
   var $ = function (id) { return document.getElementById(id); };
   var dropZone = $("drop-zone"), fileInput = $("file-input"), statusEl = $("status"), errorEl = $("error");
   var busyEl = $("busy"), resultEl = $("result"), opacity = $("opacity"), layer = $("overlay-layer");
-  var BUSY_MESSAGE = "busy: one prediction at a time; try again when it finishes";
+  var BUSY_MESSAGE = "busy: one prediction at a time; try again when it finishes, or cancel it";
   var VERDICT_CLASSES = ["v-clear", "v-inconclusive", "v-likely", "v-uncalibrated"];
+  var POLL_MS = 250;
   var busy = false;
   var modelLabel = "";
+  // The prediction in progress: its job id (a random handle the server tracks it by), the poll timer,
+  // [time, windows done] when the first windows were seen (the ETA's start), and the fetch's aborter.
+  var job = null;
 
   function el(tag, className, text) {
     var node = document.createElement(tag);
@@ -160,6 +164,102 @@
       result.threshold + ").";
   }
 
+  function newJobId() {
+    var bytes = new Uint8Array(16);
+    window.crypto.getRandomValues(bytes);
+    return Array.prototype.map.call(bytes, function (b) { return ("0" + b.toString(16)).slice(-2); }).join("");
+  }
+
+  function duration(s) {
+    return s < 90 ? Math.max(1, Math.round(s)) + " s" : Math.round(s / 60) + " min";
+  }
+
+  // "window 12 of 81 · about 20 s left (estimate)": the pace since the first windows were seen.
+  function windowsText(current, p) {
+    var text = "window " + p.windows_done + " of " + p.windows_total;
+    var now = Date.now();
+    if (!current.first) {
+      if (p.windows_done > 0) { current.first = [now, p.windows_done]; }
+    } else if (p.windows_done > current.first[1] && now - current.first[0] >= 1000) {
+      var pace = (now - current.first[0]) / 1000 / (p.windows_done - current.first[1]);
+      text += " · about " + duration(pace * (p.windows_total - p.windows_done)) + " left (estimate)";
+    }
+    return text;
+  }
+
+  function progressText(current, p) {
+    if (p.state === "cancelling") { return "cancelling …"; }
+    if (p.state === "queued") {
+      return p.ahead > 0 ? "queued: waiting for " + p.ahead + " other prediction(s) to finish" : "starting …";
+    }
+    if (p.state !== "running") { return "sending the photo …"; }
+    if (p.stage === "cues") { return "training-free cues: " + p.cues_done + " of " + p.cues_total + " done"; }
+    return p.windows_total > 0 ? windowsText(current, p) : "analysing …";
+  }
+
+  function showProgress(current, p) {
+    if (job !== current) { return; }  // a late answer about a prediction that has ended
+    var bar = $("progress"), box = $("progress-box");
+    if (p.state === "running" && p.windows_total > 0) {
+      bar.max = p.windows_total;
+      bar.value = p.windows_done;
+    } else {
+      bar.removeAttribute("value");  // indeterminate until the windows start
+    }
+    box.dataset.state = p.state;
+    box.dataset.windowsDone = String(p.windows_done || 0);
+    box.dataset.windowsTotal = String(p.windows_total || 0);
+    $("progress-text").textContent = progressText(current, p);
+  }
+
+  function poll(current) {
+    fetch("/api/progress?job=" + current.id).then(function (r) { return r.json(); })
+      .then(function (p) { showProgress(current, p); })
+      .catch(function () { /* the next poll tries again */ })
+      .finally(function () {
+        if (job === current) { current.timer = window.setTimeout(function () { poll(current); }, POLL_MS); }
+      });
+  }
+
+  function startJob() {
+    var current = { id: newJobId(), timer: null, first: null, aborter: new AbortController() };
+    job = current;
+    var box = $("progress-box"), cancel = $("cancel");
+    $("progress").removeAttribute("value");
+    $("progress-text").textContent = "sending the photo …";
+    box.dataset.state = "receiving";
+    box.hidden = false;
+    cancel.disabled = false;
+    cancel.textContent = "Cancel";
+    current.timer = window.setTimeout(function () { poll(current); }, POLL_MS);
+    return current;
+  }
+
+  function stopJob() {
+    if (job) { window.clearTimeout(job.timer); }
+    job = null;
+    $("progress-box").hidden = true;
+  }
+
+  // Cancel: the server stops the prediction at its next window and answers the upload with 409. An
+  // upload the server does not hold yet (still being sent) is aborted instead.
+  function cancelJob() {
+    if (!job) { return; }
+    var current = job, cancel = $("cancel");
+    cancel.disabled = true;
+    cancel.textContent = "Cancelling …";
+    $("progress-text").textContent = "cancelling …";
+    fetch("/api/cancel?job=" + current.id, { method: "POST" }).then(function (r) {
+      if (!r.ok && job === current) { current.aborter.abort(); }
+    }).catch(function () { if (job === current) { current.aborter.abort(); } });
+  }
+
+  function showCancelled(body) {
+    clearResult();
+    statusEl.textContent = "Cancelled: " + (body.detail || "the prediction was stopped") +
+      ". Nothing was kept; drop a photo to start again.";
+  }
+
   function upload(file) {
     if (!file) { return; }
     if (busy) {
@@ -172,27 +272,33 @@
     clearBusy();
     clearResult();
     statusEl.textContent = "Analysing " + file.name + " …";
-    var params = new URLSearchParams({ mode: $("mode").value });
+    var current = startJob();
+    var params = new URLSearchParams({ mode: $("mode").value, job: current.id });
     var thr = $("threshold").value.trim();
     if (thr !== "") { params.set("threshold", thr); }
     fetch("/api/predict?" + params.toString(), {
       method: "POST",
       headers: { "Content-Type": "application/octet-stream", "X-Filename": encodeURIComponent(file.name) },
-      body: file
+      body: file,
+      signal: current.aborter.signal
     }).then(function (response) {
       return response.json().catch(function () { return { detail: "HTTP " + response.status }; })
         .then(function (body) {
-          if (!response.ok) {
+          if (!response.ok && !body.cancelled) {
             var detail = typeof body.detail === "string" ? body.detail : JSON.stringify(body.detail);
             throw new Error(detail || ("HTTP " + response.status));
           }
           return body;
         });
-    }).then(show).catch(function (err) {
+    }).then(function (body) {
+      if (body.cancelled) { showCancelled(body); } else { show(body); }
+    }).catch(function (err) {
+      if (err && err.name === "AbortError") { showCancelled({ detail: file.name + ": stopped while sending" }); return; }
       clearResult();
       showError(err.message || String(err));
     }).finally(function () {
       busy = false;
+      stopJob();
       clearBusy();
       fileInput.value = "";
     });
@@ -200,6 +306,7 @@
 
   fileInput.addEventListener("change", function () { upload(fileInput.files[0]); });
   opacity.addEventListener("input", applyOpacity);
+  $("cancel").addEventListener("click", cancelJob);
   ["dragenter", "dragover"].forEach(function (type) {
     dropZone.addEventListener(type, function (e) { e.preventDefault(); dropZone.classList.add("dragging"); });
   });
@@ -251,7 +358,7 @@
     modelLabel = info.label || info.model;
     var label = $("model-label");
     label.textContent = "Model: " + modelLabel;
-    if (/unvalidated|demo model/.test(modelLabel)) { label.classList.add("warn"); }
+    if (/unvalidated|demo model|not a real-photo number/.test(modelLabel)) { label.classList.add("warn"); }
     var parts = ["model " + info.model];
     if (info.checkpoint) { parts.push("checkpoint " + info.checkpoint); }
     parts.push("input " + info.input_size + " px", "threshold " + info.threshold);
