@@ -828,7 +828,9 @@ def render_report(
     describe = dict(describe or {})
     label = describe.get("label") or info.get("label") or next((e.model_label for e in rows if e.model_label), "")
     label = str(label) if label else "model label not recorded"
-    warn = " warn" if ("unvalidated" in label or "demo model" in label or "not recorded" in label) else ""
+    # The same cautions the page highlights (static/app.js), plus a label that was never recorded.
+    cautions = ("unvalidated", "demo model", "not a real-photo number", "not recorded")
+    warn = " warn" if any(c in label for c in cautions) else ""
     calibration = describe.get("calibration", info.get("calibration"))
     threshold = _report_threshold(describe.get("threshold", info.get("threshold")), rows)
 
