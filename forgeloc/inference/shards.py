@@ -85,7 +85,7 @@ class Shard:
         """``"2/8"`` → ``Shard(2, 8)``; a ValueError says what is wrong in one line."""
         match = re.fullmatch(r"\s*(\d+)\s*/\s*(\d+)\s*", text)
         if match is None:
-            raise ValueError(f"a shard is I/N with whole numbers 0 <= I < N (e.g. 0/4), not {text!r}")
+            raise ValueError(f"a shard is I/N with 0 <= I < N (e.g. 0/4), not {text!r}")
         index, count = int(match.group(1)), int(match.group(2))
         if count < 1 or index >= count:
             raise ValueError(f"a shard is I/N with 0 <= I < N (e.g. 0/4), not {text!r}")
