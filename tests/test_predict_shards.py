@@ -26,8 +26,8 @@ from test_predict import make_tiny_checkpoint
 from typer.testing import CliRunner
 
 import forgeloc
-from forgeloc.inference.batch import predict_files
-from forgeloc.inference.shards import MergeError, Shard, merge_shards, read_journal
+from forgeloc.inference.batch import merge_shards, predict_files
+from forgeloc.inference.shards import MergeError, Shard, read_journal
 
 REPO = Path(__file__).resolve().parents[1]
 

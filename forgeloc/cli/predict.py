@@ -238,7 +238,8 @@ def _finish_shard(run: BatchPrediction, ranks: Any) -> None:
 
 def _merge(folder: Path, inputs: list[str] | None) -> None:
     """``--merge OUT``: the run files from the shards' progress files, as one process writes them."""
-    from forgeloc.inference.shards import MergeError, merge_shards
+    from forgeloc.inference.batch import merge_shards
+    from forgeloc.inference.shards import MergeError
 
     if inputs:
         fail(f"--merge takes no inputs (it merges what the shards wrote into {folder}); got {inputs[0]!r}")

@@ -58,6 +58,7 @@ __all__ = [
     "OutputFolderError",
     "ResultsNotSavedError",
     "ResultsWriter",
+    "merge_shards",
     "predict_files",
     "write_batch_report",
     "write_replacing",
@@ -479,6 +480,26 @@ def write_batch_report(out: Path, info: dict[str, Any], entries: Sequence[Any], 
     failed = [PredictionFailure(f["name"], f["path"], f["error"]) for f in failures]
     html = render_report(entries, shown, failed, describe=info, command=command, files_base=out)
     write_replacing(out / "report.html", html.encode("utf-8"))
+
+
+def merge_shards(out: str | os.PathLike) -> BatchSummary:
+    """Write ``out/results.json``, ``results.csv`` and (when the shards were run with the report)
+    ``report.html`` from the shards' progress files in ``out/shards``, as one process running the
+    whole plan would have written them (the report's date and command line aside). Raises
+    :class:`~forgeloc.inference.shards.MergeError` when an image has no result yet or the files
+    come from different inputs or settings."""
+    from forgeloc.inference.shards import collect_shards
+
+    out = Path(out)
+    merged = collect_shards(out)
+    writer = ResultsWriter(out)
+    writer.rows, writer.failures = merged.rows, merged.failures
+    writer.write(merged.info)
+    report_file = None
+    if merged.entries is not None:
+        write_batch_report(out, merged.info, merged.entries, merged.failures, command=merged.command)
+        report_file = out / "report.html"
+    return BatchSummary(out, merged.rows, merged.failures, merged.info, report_file)
 
 
 def predict_files(

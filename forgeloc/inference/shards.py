@@ -16,9 +16,10 @@ step writes the ``results.json`` / ``results.csv`` / ``report.html`` a single pr
   inputs are tried again. When the settings changed (detector or its weights, mode, threshold,
   cues, ...), the old records are dropped and the shard is predicted again, with a note that says
   what changed: results of two settings are never mixed.
-* :func:`merge_shards` unites every progress file in ``OUT/shards`` that has the same plan and
-  settings (several ``N`` too: re-sharding a run keeps its work), refuses when images are missing or
-  the files disagree, and writes the run files in plan order.
+* :func:`collect_shards` unites every progress file in ``OUT/shards`` that has the same plan and
+  settings (several ``N`` too: re-sharding a run keeps its work) and refuses when images are
+  missing or the files disagree; :func:`forgeloc.inference.batch.merge_shards` (``forgeloc predict
+  --merge OUT``) writes the result as the run files, in plan order.
 """
 
 from __future__ import annotations
@@ -34,19 +35,19 @@ import shlex
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 if TYPE_CHECKING:
-    from forgeloc.inference.batch import BatchPlan, BatchSummary
     from forgeloc.inference.predictor import Predictor
     from forgeloc.inference.report import ReportEntry
 
 __all__ = [
     "SHARDS_FOLDER",
     "MergeError",
+    "MergedResults",
     "Shard",
     "ShardJournal",
-    "merge_shards",
+    "collect_shards",
     "read_journal",
     "run_settings",
     "shard_from_environment",
@@ -64,6 +65,16 @@ _NOT_SETTINGS = frozenset({"device"})
 
 class MergeError(Exception):
     """The shards in an output folder cannot be merged (missing images, different settings ...)."""
+
+
+class BatchPlan(Protocol):
+    """What this module reads of :class:`forgeloc.inference.batch.BatchPlan` (which imports this
+    module, so it is not imported here)."""
+
+    out: Path
+    files: list[Path]
+    stems: list[str]
+    problems: list[tuple[str, str]]
 
 
 # --------------------------------------------------------------------------------------------------
@@ -394,15 +405,22 @@ def _merged_info(headers: Iterable[dict[str, Any]], total: int) -> dict[str, Any
     return info
 
 
-def merge_shards(out: str | os.PathLike, *, report: bool | None = None) -> BatchSummary:
-    """Write ``out/results.json``, ``results.csv`` and (when the shards made report entries, or
-    ``report=True``) ``report.html`` from the progress files in ``out/shards``, as one process
-    running the whole plan would have written them. Raises :class:`MergeError` when an image has
-    no result yet or the files come from different inputs or settings."""
-    from forgeloc.inference.batch import BatchSummary, ResultsWriter, write_batch_report
+@dataclass
+class MergedResults:
+    """What the shards of one run hold together, in plan order: the run files' content."""
 
-    out = Path(out)
-    found = _journals(out)
+    info: dict[str, Any]
+    rows: list[dict[str, Any]]
+    failures: list[dict[str, Any]]
+    #: report entries of the rows, when every shard made them (``None`` otherwise).
+    entries: list[ReportEntry] | None
+    command: str | None
+
+
+def collect_shards(out: str | os.PathLike) -> MergedResults:
+    """Unite the progress files in ``out/shards``; a :class:`MergeError` says why they cannot be
+    (an image without a result yet, files from different inputs or settings)."""
+    found = _journals(Path(out))
     header = _one_run(found)
     total = int(header["total"])
     results: dict[int, dict[str, Any]] = {}
@@ -414,29 +432,16 @@ def merge_shards(out: str | os.PathLike, *, report: bool | None = None) -> Batch
                 results[index] = record
     missing = [i for i in range(total) if i not in results]
     if missing:
-        counts = sorted({h["shard"][1] for _, h, _ in found})
+        count = min(h["shard"][1] for _, h, _ in found)
         raise MergeError(f"{len(missing)} of {total} image(s) have no result yet (e.g. position {missing[0]}, "
-                         f"in shard {missing[0] % counts[0]}/{counts[0]}): run the missing shard(s) to the end first")
-    writer = ResultsWriter(out)
-    writer.failures.extend({"name": Path(item).name, "path": item, "error": why} for item, why in header["problems"])
-    entries = []
-    for index in range(total):
-        record = results[index]
-        if "row" in record:
-            writer.rows.append(record["row"])
-            if "entry" in record:
-                entries.append(decode_entry(record["entry"]))
-        else:
-            writer.failures.append(record["failure"])
-    info = _merged_info((h for _, h, _ in found), total)
-    writer.write(info)
-    report_file = None
-    if report if report is not None else all(h.get("report") for _, h, _ in found):
-        if len(entries) < len(writer.rows):
-            raise MergeError("the shards were run with --no-report: they have no report entries to merge")
-        write_batch_report(out, info, entries, writer.failures, command=header.get("command"))
-        report_file = out / "report.html"
-    return BatchSummary(out, writer.rows, writer.failures, info, report_file)
+                         f"in shard {missing[0] % count}/{count}): run the missing shard(s) to the end first")
+    rows = [results[i]["row"] for i in range(total) if "row" in results[i]]
+    failures = [{"name": Path(item).name, "path": item, "error": why} for item, why in header["problems"]]
+    failures += [results[i]["failure"] for i in range(total) if "row" not in results[i]]
+    entries = [decode_entry(results[i]["entry"]) for i in range(total) if "entry" in results[i]]
+    with_entries = all(h.get("report") for _, h, _ in found) and len(entries) == len(rows)
+    return MergedResults(_merged_info((h for _, h, _ in found), total), rows, failures,
+                         entries if with_entries else None, header.get("command"))
 
 
 def command_text(command: str | Sequence[str] | None) -> str | None:
