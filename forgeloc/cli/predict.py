@@ -331,7 +331,8 @@ def _report_stop(run: BatchPrediction, error: BaseException) -> None:
         console.print(f"[bold red]could not save the results table either:[/bold red] {run.save_error}",
                       highlight=False)
     done = f"after {run.processed} of {len(run.todo)} input(s)"
-    where = f"{len(run.summary.rows)} image(s) predicted; results so far in {run.out / 'results.json'}"
+    where = f"{len(run.summary.rows)} image(s) predicted; results so far in " \
+            f"{run.journal_path if run.split else run.out / 'results.json'}"
     if isinstance(error, KeyboardInterrupt):
         console.print(f"[bold red]interrupted[/bold red] {done}; {where}", highlight=False)
         raise typer.Exit(130)
