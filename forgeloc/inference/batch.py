@@ -27,7 +27,7 @@ import json
 import os
 import secrets
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -42,6 +42,7 @@ from forgeloc.inference.shards import (
     journal_outputs,
     plan_fingerprint,
     run_settings,
+    source_identity,
 )
 
 if TYPE_CHECKING:
@@ -375,9 +376,16 @@ class BatchPrediction:
         from forgeloc.inference.predictor import PredictionFailure
 
         paths = [self.plan.files[i] for i in self.todo]
+        identities: dict[int, Any] = {}
+
+        def stat_then_read() -> Iterator[Path]:  # lazily, as the predictor reads: the identity is never newer
+            for index, path in zip(self.todo, paths, strict=True):
+                identities[index] = source_identity(path)
+                yield path
+
         last_flush, flush_every = time.monotonic(), self.flush_seconds
-        results = self.predictor.iter_predict(paths, batch_size=self.batch_size, mode=self.mode, skip_errors=True,
-                                              names=[p.name for p in paths])
+        results = self.predictor.iter_predict(stat_then_read(), batch_size=self.batch_size, mode=self.mode,
+                                              skip_errors=True, names=[p.name for p in paths])
         for index, path, result in zip(self.todo, paths, results, strict=True):
             if isinstance(result, PredictionFailure):
                 row, failure = None, {**result.to_dict(), "path": str(path)}
@@ -385,7 +393,8 @@ class BatchPrediction:
                 row, failure = self._write_one(index, path, result)
             if failure is not None:
                 self.failures[index] = failure
-            self._journal(self.journal.record, index, path, row=row, failure=failure, entry=self.entries.get(index))
+            self._journal(self.journal.record, index, path, identities.pop(index), row=row, failure=failure,
+                          entry=self.entries.get(index))
             self.processed += 1
             if self.on_result is not None:
                 self.on_result(BatchItem(path, row, failure, self.processed, len(self.todo)))

@@ -146,6 +146,8 @@ def run_settings(predictor: Predictor, mode: str) -> dict[str, Any]:
     threshold, cues, fused detectors, input size, overlap, amp ...) less the device, the weights'
     SHA-256, what runs them, the pixel limit and the prediction mode."""
     settings = {k: v for k, v in predictor.describe().items() if k not in _NOT_SETTINGS}
+    if settings.get("checkpoint"):  # the same weights named from another folder are the same settings
+        settings["checkpoint"] = os.path.realpath(settings["checkpoint"])
     settings.update({"mode": mode, "max_pixels": predictor.max_pixels, "weights_sha256": _model_fingerprint(predictor),
                      "network": None if predictor.model is None else type(predictor.model).__name__})
     return json.loads(json.dumps(settings, default=str))  # as it will read back from the file
@@ -301,10 +303,11 @@ class ShardJournal:
         """Say which files are about to be written for the image at ``index``."""
         self._append({"claim": index, "path": str(path), "files": files})
 
-    def record(self, index: int, path: Path, *, row: dict[str, Any] | None = None,
+    def record(self, index: int, path: Path, source: dict[str, int] | None, *, row: dict[str, Any] | None = None,
                failure: dict[str, Any] | None = None, entry: ReportEntry | None = None) -> None:
-        """Append the outcome for the image at ``index``: its row (and report entry) or its failure."""
-        item: dict[str, Any] = {"index": index, "path": str(path), "source": source_identity(path)}
+        """Append the outcome for the image at ``index``: its row (and report entry) or its failure.
+        ``source``: the input's :func:`source_identity`, taken before it was read."""
+        item: dict[str, Any] = {"index": index, "path": str(path), "source": source}
         if row is not None:
             item["row"] = row
             if entry is not None:
