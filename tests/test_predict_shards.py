@@ -160,6 +160,9 @@ def test_merge_refuses_shards_made_with_other_settings(tmp_path, checkpoint):
         merge_shards(tmp_path / "out")
     predict_files(predictor, [inputs], tmp_path / "out", shard=Shard(1, 2), report=False)  # redone: merges
     assert [r["threshold"] for r in merge_shards(tmp_path / "out").rows] == [0.5, 0.5, 0.5]
+    predict_files(predictor, [inputs / "00.png"], tmp_path / "out", shard=Shard(0, 3), report=False)
+    with pytest.raises(MergeError, match="different inputs"):  # a stale shard of another list of inputs
+        merge_shards(tmp_path / "out")
 
 
 def test_two_gloo_processes_under_torchrun_equal_one_process(tmp_path, checkpoint):
