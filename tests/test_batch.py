@@ -49,3 +49,20 @@ def test_predict_files_refuses_to_overwrite_inputs_and_foreign_files(tmp_path):
     assert (tmp_path / "out" / "report.html").is_file()
     # a second run replaces its own outputs: nothing foreign any more
     assert BatchPlan.from_inputs([tmp_path / "x.png"], tmp_path / "out").foreign_outputs() == []
+
+
+def test_a_second_call_skips_what_is_done_and_a_shard_keeps_the_single_run_names(tmp_path):
+    from forgeloc.inference.shards import Shard
+
+    _photos(tmp_path / "in", ["a.png", "b.png", "c.png"])
+    predictor = Predictor(PixelModel(), input_size=16)
+    first = predict_files(predictor, [tmp_path / "in"], tmp_path / "out", report=False)
+    seen = []
+    again = predict_files(predictor, [tmp_path / "in"], tmp_path / "out", report=False, on_result=seen.append)
+    assert seen == [] and again.rows == first.rows and again.processed == again.total == 3
+    predict_files(predictor, [tmp_path / "in"], tmp_path / "out", report=False, resume=False, on_result=seen.append)
+    assert [(item.processed, item.total) for item in seen] == [(1, 3), (2, 3), (3, 3)]
+    share = predict_files(predictor, [tmp_path / "in"], tmp_path / "split", report=False, shard=Shard(1, 2))
+    assert [r["name"] for r in share.rows] == ["b.png"] and not (tmp_path / "split" / "results.json").exists()
+    assert [Path(f).name for f in share.rows[0]["files"].values()] == \
+        [Path(f).name for f in first.rows[1]["files"].values()]

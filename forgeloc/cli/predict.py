@@ -7,6 +7,7 @@ model is loaded, shows a progress bar and turns how the run ended into messages 
 from __future__ import annotations
 
 import contextlib
+import datetime
 import os
 import sys
 import time
@@ -21,6 +22,7 @@ from forgeloc.cli.common import check_threshold_and_device, console, fail, set_t
 from forgeloc.data.files import expand_inputs
 from forgeloc.inference.batch import CSV_COLUMNS, FLUSH_MAX_SHARE, FLUSH_SECONDS, BatchPlan, BatchPrediction
 from forgeloc.inference.outputs import OUTPUT_SUFFIXES, RUN_FILES, output_files, output_stems
+from forgeloc.inference.shards import Shard, shard_from_environment
 
 __all__ = [
     "CSV_COLUMNS", "FLUSH_MAX_SHARE", "FLUSH_SECONDS", "OUTPUT_SUFFIXES", "RUN_FILES", "check_output_folder",
@@ -70,7 +72,7 @@ def check_output_folder(out: Path, option: str = "--out", create: bool = True) -
 
 # Long only by its option declarations (typer reads them from the signature); the body is named steps.
 def predict(
-    inputs: list[str] = typer.Argument(..., help="Image files, folders and/or glob patterns.", show_default=False),
+    inputs: list[str] = typer.Argument(None, help="Image files, folders and/or glob patterns.", show_default=False),
     detector: str = typer.Option(
         "default", "--detector", "-k",
         help="What looks at the photos: 'default' (shipped with forgeloc), a run/checkpoint folder or weights file "
@@ -105,6 +107,20 @@ def predict(
         None, min=0.0, max=0.95,
         help="Share of a window shared by neighbouring tiles (tile mode; default half); 0.25 is ~2x faster.",
     ),
+    shard: str | None = typer.Option(
+        None, "--shard", metavar="I/N",
+        help="Predict only share I of N (0-based) of the inputs, e.g. from a Slurm array or Kubernetes indexed job; "
+             "then merge with --merge OUT. Under torchrun each rank takes its own share and rank 0 merges.",
+    ),
+    merge: Path | None = typer.Option(
+        None, "--merge", metavar="OUT", show_default=False,
+        help="Merge the shards' progress files in OUT/shards into OUT/results.json, results.csv and report.html "
+             "(no inputs).",
+    ),
+    resume: bool = typer.Option(
+        True, "--resume/--no-resume",
+        help="Skip the images an earlier run of the same command (same inputs and settings) already did.",
+    ),
 ) -> None:
     """Predict tamper heatmaps for images: writes <stem>_heatmap.png, <stem>_overlay.png,
     <stem>_predmask.png per image and results.json / results.csv (and report.html with --report).
@@ -116,10 +132,19 @@ def predict(
     Examples: forgeloc predict photo.jpg  |  forgeloc predict photos/ "scans/**/*.jpg" --out predictions
     |  forgeloc predict photos/ --detector runs/quickstart  |  forgeloc predict photo.jpg --cues noise,ela,metadata
 
+    Large collections: run it again and the images already done are skipped; split the work with
+    --shard I/N or torchrun --nproc-per-node N -m forgeloc predict ... (docs/inference.md).
+
     For compatibility, a first argument that is a checkpoint (a folder with config.json or
     model.safetensors, or a .safetensors/.pth file) is taken as --detector.
     """
+    if merge is not None:
+        _merge(merge, inputs)
+        return
+    if not inputs:
+        fail("give the images to predict (files, folders or glob patterns), or --merge OUT")
     _check_options(mode, amp, max_pixels, threshold, device)
+    chosen, launched = _choose_shard(shard)
     set_threads(threads)
     if inputs and detector == "default" and _looks_like_checkpoint(inputs[0]) and len(inputs) > 1:
         detector, inputs = inputs[0], inputs[1:]
@@ -128,19 +153,102 @@ def predict(
     check_output_folder(out, create=False)
     plan = BatchPlan.from_inputs(inputs, out, recursive)
     _refuse_input_collisions(plan)  # before the model is loaded: a mistake costs no waiting
+    ranks = None
+    if launched:  # torchrun: join the process group; each rank on its own GPU where there are GPUs
+        from forgeloc.engine.distributed import init_distributed
+
+        ranks = init_distributed(device, timeout=RANK_WAIT)
+        device = str(ranks.device)
     load_options = {"threshold": threshold, "device": device, "amp": None if amp == "none" else amp,
                     "max_pixels": max_pixels, "tile_overlap": tile_overlap, "cues": cue_names, "fuse": fuse_names,
                     "backend": backend}
     predictor = _load_predictor(detector, model, load_options)
     check_output_folder(out)
-    _warn_foreign_outputs(plan)
-    console.print(f"{predictor.label}\n{len(plan.files)} image(s) → {out}", highlight=False, markup=False)
+    selection = chosen.indices(len(plan.files))
+    _warn_foreign_outputs(plan, selection)
+    share = f"shard {chosen}: {len(selection)} of " if chosen.count > 1 else ""
+    console.print(f"{predictor.label}\n{share}{len(plan.files)} image(s) → {out}", highlight=False, markup=False)
     # The flush settings are read here, at call time, so that tests can shorten them on this module.
     run = BatchPrediction(predictor, plan, mode=mode, batch_size=batch_size, report=report, command=sys.argv,
-                          flush_seconds=FLUSH_SECONDS, flush_max_share=FLUSH_MAX_SHARE)
+                          flush_seconds=FLUSH_SECONDS, flush_max_share=FLUSH_MAX_SHARE, shard=chosen, resume=resume)
+    _start(run)
     _run_with_progress(run)
-    _print_summary(out, len(run.summary.rows), run.summary.failures, report)
-    if run.summary.failures:
+    if run.split:
+        _finish_shard(run, ranks)
+    else:
+        _print_summary(out, len(run.summary.rows), run.summary.failures, report, run.already_done)
+        if run.summary.failures:
+            raise typer.Exit(1)
+
+
+#: How long the ranks of a torchrun wait for the slowest one before rank 0 merges.
+RANK_WAIT = datetime.timedelta(hours=24)
+
+
+def _choose_shard(text: str | None) -> tuple[Shard, bool]:
+    """The share this process predicts (``--shard``, or torchrun's rank), and whether torchrun started it."""
+    try:
+        launched = shard_from_environment()
+        given = None if text is None else Shard.parse(text)
+    except ValueError as err:
+        fail(f"--shard: {err}" if text is not None else f"torchrun's RANK / WORLD_SIZE: {err}")
+    if launched is not None and given is not None:
+        fail("--shard and torchrun split the inputs each: use one of them (under torchrun each rank takes its share)")
+    return (launched or given or Shard()), launched is not None
+
+
+def _start(run: BatchPrediction) -> None:
+    """Open the progress file and say what an earlier run already did (before the progress bar)."""
+    from forgeloc.inference.batch import OutputFolderError
+
+    try:
+        run.start()
+    except OutputFolderError as err:
+        fail(str(err), code=1)
+    for note in run.notes:
+        console.print(f"[yellow]note:[/yellow] {note}", highlight=False, soft_wrap=True)
+    if run.already_done:
+        console.print(f"{run.already_done} image(s) already done by an earlier run of this command; "
+                      f"{len(run.todo)} left", highlight=False)
+
+
+def _finish_shard(run: BatchPrediction, ranks: Any) -> None:
+    """A shard's summary; under torchrun, rank 0 merges once every rank is done."""
+    summary = run.summary
+    console.print(f"shard {run.shard}: {len(summary.rows)} image(s) predicted ({run.already_done} already done "
+                  f"before this run), {len(run.failures)} failed; progress in {run.journal_path}", highlight=False)
+    if ranks is None:
+        console.print(f"when every shard is done: forgeloc predict --merge {run.out}", highlight=False)
+        if summary.failures:
+            raise typer.Exit(1)
+        return
+    from forgeloc.engine.distributed import barrier, cleanup_distributed
+
+    barrier()
+    try:
+        if ranks.is_main:
+            _merge(run.out, [])
+        elif summary.failures:
+            raise typer.Exit(1)
+    finally:
+        cleanup_distributed()
+
+
+def _merge(folder: Path, inputs: list[str] | None) -> None:
+    """``--merge OUT``: the run files from the shards' progress files, as one process writes them."""
+    from forgeloc.inference.batch import merge_shards
+    from forgeloc.inference.shards import MergeError
+
+    if inputs:
+        fail(f"--merge takes no inputs (it merges what the shards wrote into {folder}); got {inputs[0]!r}")
+    try:
+        summary = merge_shards(folder)
+    except MergeError as err:
+        fail(str(err), code=1)
+    except OSError as err:
+        fail(f"cannot write the merged results into {folder}: {err.strerror or err}", code=1)
+    _print_summary(folder, len(summary.rows), summary.failures, summary.report_file is not None)
+    if summary.failures:
         raise typer.Exit(1)
 
 
@@ -181,8 +289,8 @@ def _load_predictor(detector: str, model: str | None, options: dict[str, Any]) -
         fail(str(err))
 
 
-def _warn_foreign_outputs(plan: BatchPlan) -> None:
-    foreign = plan.foreign_outputs()
+def _warn_foreign_outputs(plan: BatchPlan, selection: range) -> None:
+    foreign = plan.foreign_outputs(selection)
     if foreign:
         shown = ", ".join(p.name for p in foreign[:5]) + (f" and {len(foreign) - 5} more" if len(foreign) > 5 else "")
         console.print(f"[yellow]warning:[/yellow] {len(foreign)} existing file(s) in {plan.out} that are not earlier "
@@ -291,7 +399,8 @@ def _run_with_progress(run: BatchPrediction) -> None:
                rp.TimeRemainingColumn())
     try:
         with rp.Progress(*columns, console=console, transient=False) as progress:
-            bar = WindowProgress(progress, run.predictor, list(run.plan.files), run.mode)
+            todo = [run.plan.files[i] for i in run.todo]  # what is left, not what an earlier run did
+            bar = WindowProgress(progress, run.predictor, todo, run.mode)
             if bar.tiled:
                 progress.console.print(f"{bar.total:,} model windows to run ({bar.tiled} image(s) in several "
                                        "windows)", highlight=False)
@@ -309,8 +418,9 @@ def _report_stop(run: BatchPrediction, error: BaseException) -> None:
     if run.save_error is not None:
         console.print(f"[bold red]could not save the results table either:[/bold red] {run.save_error}",
                       highlight=False)
-    done = f"after {run.processed} of {len(run.plan.files)} input(s)"
-    where = f"{len(run.summary.rows)} image(s) predicted; results so far in {run.out / 'results.json'}"
+    done = f"after {run.processed} of {len(run.todo)} input(s)"
+    where = f"{len(run.summary.rows)} image(s) predicted; results so far in " \
+            f"{run.journal_path if run.split else run.out / 'results.json'}"
     if isinstance(error, KeyboardInterrupt):
         console.print(f"[bold red]interrupted[/bold red] {done}; {where}", highlight=False)
         raise typer.Exit(130)
@@ -320,11 +430,13 @@ def _report_stop(run: BatchPrediction, error: BaseException) -> None:
     raise error
 
 
-def _print_summary(out: Path, n_predicted: int, failures: list[dict[str, Any]], report: bool) -> None:
+def _print_summary(out: Path, n_predicted: int, failures: list[dict[str, Any]], report: bool,
+                   already_done: int = 0) -> None:
     if report:
         console.print(f"report: {out / 'report.html'}", highlight=False)
-    console.print(f"{n_predicted} image(s) predicted; results in {out / 'results.json'} and {out / 'results.csv'}",
-                  highlight=False)
+    earlier = f" ({already_done} of them already done by an earlier run)" if already_done else ""
+    console.print(f"{n_predicted} image(s) predicted{earlier}; results in {out / 'results.json'} and "
+                  f"{out / 'results.csv'}", highlight=False)
     if failures:
         console.print(f"[bold red]{len(failures)} input(s) failed:[/bold red]", highlight=False)
         for f in failures:

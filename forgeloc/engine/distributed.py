@@ -7,6 +7,7 @@ created — NCCL when the run uses CUDA, gloo on the CPU — otherwise everythin
 
 from __future__ import annotations
 
+import datetime
 import os
 from dataclasses import dataclass, field
 
@@ -34,8 +35,11 @@ class DistInfo:
         return self.world_size > 1
 
 
-def init_distributed(device: str | None = None) -> DistInfo:
-    """Create the process group when launched by torchrun; return this process's place and device."""
+def init_distributed(device: str | None = None, timeout: datetime.timedelta | None = None) -> DistInfo:
+    """Create the process group when launched by torchrun; return this process's place and device.
+
+    ``timeout``: how long collectives (a barrier) wait for the other ranks (default: PyTorch's,
+    30 minutes for gloo); prediction, whose rank 0 waits for the slowest shard, asks for more."""
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     dev = resolve_device(device)
     if world_size <= 1:
@@ -46,7 +50,8 @@ def init_distributed(device: str | None = None) -> DistInfo:
         torch.cuda.set_device(local_rank)
         dev = torch.device("cuda", local_rank)
     if not dist.is_initialized():
-        dist.init_process_group(backend="nccl" if dev.type == "cuda" else "gloo")
+        options = {} if timeout is None else {"timeout": timeout}
+        dist.init_process_group(backend="nccl" if dev.type == "cuda" else "gloo", **options)
     return DistInfo(rank=rank, world_size=world_size, local_rank=local_rank, device=dev)
 
 

@@ -5,8 +5,11 @@ and the HTML report. ``forgeloc predict`` is this module plus option parsing and
   output names, and what they would overwrite) and :class:`BatchPrediction` (the run) are its two
   steps, for callers that check the plan before loading a model, as the command line does.
 * Inputs are predicted in the plan's order, which is deterministic (the order of the inputs, each
-  folder sorted): a later ``--shard I/N`` or resume can select from :attr:`BatchPlan.files` and
-  keep every output name.
+  folder sorted). A :class:`~forgeloc.inference.shards.Shard` selects from :attr:`BatchPlan.files`
+  and keeps every output name; each run records its progress in ``OUT/shards/results-I-of-N.jsonl``
+  (a single run is shard ``0/1``), so re-running the same command skips what is done
+  (:mod:`forgeloc.inference.shards`). A single run writes the run files itself; the shards of a
+  split run leave them to :func:`~forgeloc.inference.shards.merge_shards`.
 * One :class:`ResultsWriter` owns ``results.json`` / ``results.csv``. They are rewritten while the
   run goes (at least every :data:`FLUSH_SECONDS`) and on every way out (end, error, Ctrl+C), so a
   stopped run keeps what it has done; ``info["complete"]`` / ``info["stopped"]`` say how it ended.
@@ -22,14 +25,25 @@ import errno
 import itertools
 import json
 import os
+import secrets
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from forgeloc.data.files import expand_inputs
 from forgeloc.inference.outputs import RUN_FILES, output_files, output_stems
+from forgeloc.inference.shards import (
+    SHARDS_FOLDER,
+    Shard,
+    ShardJournal,
+    command_text,
+    journal_outputs,
+    plan_fingerprint,
+    run_settings,
+    source_identity,
+)
 
 if TYPE_CHECKING:
     from forgeloc.inference.predictor import Prediction, Predictor
@@ -45,7 +59,9 @@ __all__ = [
     "OutputFolderError",
     "ResultsNotSavedError",
     "ResultsWriter",
+    "merge_shards",
     "predict_files",
+    "write_batch_report",
     "write_replacing",
 ]
 
@@ -60,6 +76,8 @@ FLUSH_MAX_SHARE = 0.05
 # way): that image fails, the run goes on. Any other write error (disk full, read-only) stops the run.
 _NAME_ERRNOS = frozenset({errno.ENAMETOOLONG, errno.EILSEQ, errno.EINVAL, errno.EISDIR, errno.ENOTDIR})
 _tmp_counter = itertools.count()
+# Shards on several machines may write into one shared folder: process ids alone could clash there.
+_TMP_TOKEN = secrets.token_hex(4)
 
 
 class OutputFolderError(Exception):
@@ -76,7 +94,7 @@ class ResultsNotSavedError(OutputFolderError):
 def write_replacing(path: Path, data: bytes) -> None:
     """Write ``data`` to a short temporary name in the same folder, then rename it over ``path``:
     a failure leaves no partial file, and a link at ``path`` is replaced, never written through."""
-    tmp = path.parent / f".forgeloc-{os.getpid()}-{next(_tmp_counter)}.tmp"
+    tmp = path.parent / f".forgeloc-{os.getpid()}-{_TMP_TOKEN}-{next(_tmp_counter)}.tmp"
     try:
         with open(tmp, "wb") as fh:
             fh.write(data)
@@ -182,12 +200,14 @@ class BatchPlan:
                 clashes.append((target, inputs[ident]))
         return clashes
 
-    def foreign_outputs(self) -> list[Path]:
+    def foreign_outputs(self, only: Sequence[int] | None = None) -> list[Path]:
         """Existing files this run will replace that are not outputs of the same image in the folder's
-        previous ``results.json`` (a previous run's outputs of *another* image, or someone else's files)."""
+        previous ``results.json`` or progress files (a previous run's outputs of *another* image, or
+        someone else's files). ``only``: the plan positions to check (a shard's), default all."""
         previous = _previous_outputs(self.out)
         foreign = []
-        for path, stem in zip(self.files, self.stems, strict=True):
+        for index in range(len(self.files)) if only is None else only:
+            path, stem = self.files[index], self.stems[index]
             source = os.path.realpath(path)
             for target in output_files(self.out, stem).values():
                 if os.path.lexists(target) and previous.get(os.path.realpath(target)) != source:
@@ -205,7 +225,7 @@ def _previous_outputs(out: Path) -> dict[str, str]:
                 previous[os.path.realpath(written)] = os.path.realpath(row.get("path", ""))
     except (OSError, ValueError, AttributeError, TypeError):
         previous = {}
-    return previous
+    return {**previous, **journal_outputs(out)}
 
 
 # --------------------------------------------------------------------------------------------------
@@ -230,6 +250,8 @@ class BatchSummary:
     rows: list[dict[str, Any]]
     failures: list[dict[str, Any]]
     info: dict[str, Any]
+    #: ``report.html``, when this summary's step wrote one (set by a merge of shards).
+    report_file: Path | None = None
 
     @property
     def processed(self) -> int:
@@ -254,40 +276,97 @@ def stop_reason(error: BaseException | None) -> str | None:
 
 
 class BatchPrediction:
-    """Predict a :class:`BatchPlan`'s files into its folder (which must exist and be writable).
+    """Predict a :class:`BatchPlan`'s files, or a :class:`~forgeloc.inference.shards.Shard`'s share
+    of them, into its folder (which must exist and be writable).
 
-    :meth:`run` returns a :class:`BatchSummary`; an exception (Ctrl+C included) ends the run, the
+    :meth:`start` opens the shard's progress file and works out what is left (:attr:`todo`; the
+    images done by an earlier run of the same command are :attr:`already_done`); :meth:`run` starts
+    if needed and returns a :class:`BatchSummary`; an exception (Ctrl+C included) ends the run, the
     results so far are saved, and the exception is raised again. Until then :attr:`summary` holds
     the partial state, and :attr:`save_error` the error that kept the results from being saved, if any.
     ``progress``: called as each image's windows and cues run (see :meth:`Predictor.iter_predict`).
+    A single run (no shard, or ``0/1``) writes results.json / results.csv / report.html; a shard of
+    a split run writes only its progress file, for :func:`~forgeloc.inference.shards.merge_shards`.
     """
 
     def __init__(self, predictor: Predictor, plan: BatchPlan, *, mode: str = "auto", batch_size: int = 4,
                  report: bool = True, command: str | Sequence[str] | None = None,
                  on_result: Callable[[BatchItem], None] | None = None,
                  flush_seconds: float = FLUSH_SECONDS, flush_max_share: float = FLUSH_MAX_SHARE,
-                 progress: Callable[[int, int, str], None] | None = None) -> None:
+                 progress: Callable[[int, int, str], None] | None = None, shard: Shard | None = None,
+                 resume: bool = True) -> None:
         self.predictor, self.plan, self.out = predictor, plan, plan.out
         self.mode, self.batch_size, self.report, self.command = mode, batch_size, report, command
         self.on_result = on_result
         self.progress = progress  # each image's windows and cues (Predictor.iter_predict's ``progress``)
         self.flush_seconds, self.flush_max_share = flush_seconds, flush_max_share
+        self.shard, self.resume = shard or Shard(), resume
         self.writer = ResultsWriter(self.out)
-        self.writer.failures.extend({"name": Path(item).name, "path": item, "error": why}
-                                    for item, why in plan.problems)
-        self.entries: list[Any] = []
+        self.problems = [{"name": Path(item).name, "path": item, "error": why} for item, why in plan.problems]
+        # By plan position, so that results.json keeps the plan's order whatever was done when.
+        self.rows: dict[int, dict[str, Any]] = {}
+        self.failures: dict[int, dict[str, Any]] = {}
+        self.entries: dict[int, Any] = {}
+        self.todo: list[int] = list(self.selection)
+        self.already_done = 0
+        self.notes: list[str] = []
+        self.journal: ShardJournal | None = None
         self.processed = 0
         self.save_error: OSError | None = None
         self.info = {k: v for k, v in predictor.describe().items() if v is not None}
         self.info["mode"] = mode
 
     @property
+    def selection(self) -> range:
+        """This run's plan positions (all of them for a single run)."""
+        return self.shard.indices(len(self.plan.files))
+
+    @property
+    def split(self) -> bool:
+        """Whether this is one shard of several (then the run files are the merge step's)."""
+        return self.shard.count > 1
+
+    @property
+    def journal_path(self) -> Path:
+        return self.out / SHARDS_FOLDER / self.shard.journal_name
+
+    @property
     def summary(self) -> BatchSummary:
+        self._sync_writer()
         return BatchSummary(self.out, self.writer.rows, self.writer.failures, self.info)
+
+    def _sync_writer(self) -> None:
+        self.writer.rows = [self.rows[i] for i in sorted(self.rows)]
+        self.writer.failures = self.problems + [self.failures[i] for i in sorted(self.failures)]
+
+    def start(self) -> None:
+        """Open the progress file, take back the images an earlier run of the same command did, and
+        leave the rest in :attr:`todo`; :attr:`notes` says what was dropped and why."""
+        if self.journal is not None:
+            return
+        from forgeloc.inference.shards import decode_entry
+
+        header = {"shard": [self.shard.index, self.shard.count], "plan": plan_fingerprint(self.plan),
+                  "total": len(self.plan.files), "problems": [list(p) for p in self.plan.problems],
+                  "settings": run_settings(self.predictor, self.mode), "info": self.info, "report": self.report,
+                  "command": command_text(self.command)}
+        try:
+            self.journal = ShardJournal.open(self.plan, self.shard, header, resume=self.resume,
+                                             need_entries=self.report)
+        except OSError as err:
+            raise OutputFolderError(f"cannot write into {self.journal_path.parent}: {err.strerror or err}") from err
+        self.notes = list(self.journal.notes)
+        for index, record in self.journal.done.items():
+            self.rows[index] = record["row"]
+            if self.report:
+                self.entries[index] = decode_entry(record["entry"])
+        self.already_done = len(self.journal.done)
+        self.todo = [i for i in self.selection if i not in self.journal.done]
 
     def run(self) -> BatchSummary:
         error: BaseException | None = None
         try:
+            self.start()
             self._predict_all()
         except BaseException as err:  # every way out keeps the results; raised again below
             error = err
@@ -299,89 +378,140 @@ class BatchPrediction:
     def _predict_all(self) -> None:
         from forgeloc.inference.predictor import PredictionFailure
 
-        files = self.plan.files
+        paths = [self.plan.files[i] for i in self.todo]
+        identities: dict[int, Any] = {}
+
+        def stat_then_read() -> Iterator[Path]:  # lazily, as the predictor reads: the identity is never newer
+            for index, path in zip(self.todo, paths, strict=True):
+                identities[index] = source_identity(path)
+                yield path
+
         last_flush, flush_every = time.monotonic(), self.flush_seconds
-        results = self.predictor.iter_predict(files, batch_size=self.batch_size, mode=self.mode, skip_errors=True,
-                                              names=[p.name for p in files], progress=self.progress)
-        for path, stem, result in zip(files, self.plan.stems, results, strict=True):
+        results = self.predictor.iter_predict(stat_then_read(), batch_size=self.batch_size, mode=self.mode,
+                                              skip_errors=True, names=[p.name for p in paths], progress=self.progress)
+        for index, path, result in zip(self.todo, paths, results, strict=True):
             if isinstance(result, PredictionFailure):
                 row, failure = None, {**result.to_dict(), "path": str(path)}
             else:
-                row, failure = self._write_one(path, stem, result)
+                row, failure = self._write_one(index, path, result)
             if failure is not None:
-                self.writer.failures.append(failure)
+                self.failures[index] = failure
+            self._journal(self.journal.record, index, path, identities.pop(index), row=row, failure=failure,
+                          entry=self.entries.get(index))
             self.processed += 1
             if self.on_result is not None:
-                self.on_result(BatchItem(path, row, failure, self.processed, len(files)))
-            if time.monotonic() - last_flush >= flush_every:
+                self.on_result(BatchItem(path, row, failure, self.processed, len(self.todo)))
+            if not self.split and time.monotonic() - last_flush >= flush_every:
                 started = time.monotonic()
-                self._write_tables({**self.info, "complete": False, "processed": self.processed,
-                                    "total": len(files)})
+                self._write_tables({**self.info, "complete": False, "processed": self.already_done + self.processed,
+                                    "total": len(self.selection)})
                 last_flush = time.monotonic()
                 flush_every = max(self.flush_seconds, (last_flush - started) / self.flush_max_share)
 
-    def _write_one(self, path: Path, stem: str, result: Prediction) -> tuple[dict | None, dict | None]:
+    def _journal(self, method: Callable[..., None], *args: Any, **kwargs: Any) -> None:
+        """Append to the progress file; failing to is the output folder failing (the run stops)."""
+        try:
+            method(*args, **kwargs)
+        except OSError as err:
+            raise OutputFolderError(f"cannot write into {self.journal_path.parent}: {err.strerror or err}") from err
+
+    def _write_one(self, index: int, path: Path, result: Prediction) -> tuple[dict | None, dict | None]:
         """Save one prediction's pictures: its row, or its failure when the file system refuses
         its output names; any other write error stops the run (:class:`OutputFolderError`)."""
+        stem = self.plan.stems[index]
+        targets = {kind: str(target) for kind, target in output_files(self.out, stem).items()}
+        self._journal(self.journal.claim, index, path, targets)  # a kill from here on leaves files known as ours
         try:
             saved, overlay = write_image_outputs(result, self.out, stem)
         except OSError as err:
             if err.errno not in _NAME_ERRNOS:
                 raise OutputFolderError(f"cannot write into {self.out}: {err.strerror or err}") from err
-            why = (f"its output files cannot be written: {err.strerror or err} "
-                   f"({output_files(self.out, stem)['heatmap'].name})")
+            why = f"its output files cannot be written: {err.strerror or err} ({Path(targets['heatmap']).name})"
             return None, {"name": path.name, "path": str(path), "error": why}
         row = {**result.to_dict(), "path": str(path), "files": saved}
-        self.writer.rows.append(row)
+        self.rows[index] = row
         if self.report:
             from forgeloc.inference.report import report_entry
 
-            self.entries.append(report_entry(result, overlay=overlay, files=saved, name=result.name,
-                                             requested_mode=self.mode, input_size=self.predictor.input_size))
+            self.entries[index] = report_entry(result, overlay=overlay, files=saved, name=result.name,
+                                               requested_mode=self.mode, input_size=self.predictor.input_size)
         return row, None
 
     def _write_tables(self, info: dict[str, Any]) -> None:
+        self._sync_writer()
         try:
             self.writer.write(info)
         except OSError as err:
             raise OutputFolderError(f"cannot write into {self.out}: {err.strerror or err}") from err
 
     def _save(self, error: BaseException | None) -> None:
-        """Write the final tables and the report. If that fails too, a run that ended well raises
-        :class:`ResultsNotSavedError`; a run already ending by ``error`` keeps it in :attr:`save_error`."""
+        """Close the progress file; for a single run write the final tables and the report. If that
+        fails too, a run that ended well raises :class:`ResultsNotSavedError`; a run already ending
+        by ``error`` keeps it in :attr:`save_error`."""
         stopped = stop_reason(error)
-        self.info.update({"complete": error is None, "processed": self.processed, "total": len(self.plan.files)})
+        self.info.update({"complete": error is None, "processed": self.already_done + self.processed,
+                          "total": len(self.selection)})
         if stopped:
             self.info["stopped"] = stopped
+        if self.journal is not None:
+            self.journal.close()
+        if self.split:
+            return
+        self._sync_writer()
         try:
             self.writer.write(self.info)
             if self.report:
-                self._write_report()
+                write_batch_report(self.out, self.info, [self.entries[i] for i in sorted(self.entries)],
+                                   self.writer.failures, command=self.command)
         except OSError as werr:
             if error is None:
                 raise ResultsNotSavedError(f"cannot write the results into {self.out}: {werr.strerror or werr}") \
                     from werr
             self.save_error = werr
 
-    def _write_report(self) -> None:
-        from forgeloc.inference.predictor import PredictionFailure
-        from forgeloc.inference.report import render_report
 
-        info = self.info
-        shown = {
-            "model": info.get("model"),
-            "checkpoint": info.get("checkpoint"),
-            "threshold": info.get("threshold"),
-            "image score": info.get("image_score"),
-            "model input": f"{info.get('input_size')} px (trained with {info.get('input_mode')})",
-            "prediction mode": self.mode + (f": {info.get('auto_rule')}" if self.mode == "auto" else ""),
-            "output folder": str(self.out),
-        }
-        if info.get("stopped"):
-            shown["stopped"] = f"{info['stopped']} after {info.get('processed')} of {info.get('total')} input(s)"
-        failures = [PredictionFailure(f["name"], f["path"], f["error"]) for f in self.writer.failures]
-        html = render_report(self.entries, shown, failures, describe=info, command=self.command, files_base=self.out)
-        write_replacing(self.out / "report.html", html.encode("utf-8"))
+def write_batch_report(out: Path, info: dict[str, Any], entries: Sequence[Any], failures: Sequence[dict[str, Any]],
+                       command: str | Sequence[str] | None = None) -> None:
+    """``out/report.html`` for a batch: its settings (``info``, as in results.json), its entries
+    and failures (the one renderer for a single run and a merge of shards)."""
+    from forgeloc.inference.predictor import PredictionFailure
+    from forgeloc.inference.report import render_report
+
+    mode = str(info.get("mode", "auto"))
+    shown = {
+        "model": info.get("model"),
+        "checkpoint": info.get("checkpoint"),
+        "threshold": info.get("threshold"),
+        "image score": info.get("image_score"),
+        "model input": f"{info.get('input_size')} px (trained with {info.get('input_mode')})",
+        "prediction mode": mode + (f": {info.get('auto_rule')}" if mode == "auto" else ""),
+        "output folder": str(out),
+    }
+    if info.get("stopped"):
+        shown["stopped"] = f"{info['stopped']} after {info.get('processed')} of {info.get('total')} input(s)"
+    failed = [PredictionFailure(f["name"], f["path"], f["error"]) for f in failures]
+    html = render_report(entries, shown, failed, describe=info, command=command, files_base=out)
+    write_replacing(out / "report.html", html.encode("utf-8"))
+
+
+def merge_shards(out: str | os.PathLike) -> BatchSummary:
+    """Write ``out/results.json``, ``results.csv`` and (when the shards were run with the report)
+    ``report.html`` from the shards' progress files in ``out/shards``, as one process running the
+    whole plan would have written them (the report's date and command line aside). Raises
+    :class:`~forgeloc.inference.shards.MergeError` when an image has no result yet or the files
+    come from different inputs or settings."""
+    from forgeloc.inference.shards import collect_shards
+
+    out = Path(out)
+    merged = collect_shards(out)
+    writer = ResultsWriter(out)
+    writer.rows, writer.failures = merged.rows, merged.failures
+    writer.write(merged.info)
+    report_file = None
+    if merged.entries is not None:
+        write_batch_report(out, merged.info, merged.entries, merged.failures, command=merged.command)
+        report_file = out / "report.html"
+    return BatchSummary(out, merged.rows, merged.failures, merged.info, report_file)
 
 
 def predict_files(
@@ -396,6 +526,8 @@ def predict_files(
     overwrite: bool = True,
     command: str | Sequence[str] | None = None,
     on_result: Callable[[BatchItem], None] | None = None,
+    shard: Shard | None = None,
+    resume: bool = True,
 ) -> BatchSummary:
     """Predict files, folders and glob patterns into ``out_dir``: ``<stem>_heatmap.png``,
     ``<stem>_overlay.png``, ``<stem>_predmask.png`` per image, ``results.json`` / ``results.csv``,
@@ -404,6 +536,10 @@ def predict_files(
     Raises :class:`FileExistsError` when an output would replace an input file, or (with
     ``overwrite=False``) a file that is not an earlier output of the same image. Failed inputs are
     in the summary's ``failures``; see :class:`BatchPrediction` for how a stopped run ends.
+
+    Images an earlier call with the same inputs and settings finished are not predicted again
+    (``resume=False`` predicts everything). ``shard``: predict only that share of the inputs and
+    leave the run files to :func:`~forgeloc.inference.shards.merge_shards`.
     """
     plan = BatchPlan.from_inputs(inputs, out_dir, recursive)
     clashes = plan.input_collisions()
@@ -411,7 +547,8 @@ def predict_files(
         target, source = clashes[0]
         raise FileExistsError(f"{plan.out} would overwrite the input file {source} (an output is named {target.name})")
     plan.out.mkdir(parents=True, exist_ok=True)
-    if not overwrite and (foreign := plan.foreign_outputs()):
+    selection = (shard or Shard()).indices(len(plan.files))
+    if not overwrite and (foreign := plan.foreign_outputs(selection)):
         raise FileExistsError(f"{len(foreign)} existing file(s) in {plan.out} would be replaced, e.g. {foreign[0]}")
     return BatchPrediction(predictor, plan, mode=mode, batch_size=batch_size, report=report, command=command,
-                           on_result=on_result).run()
+                           on_result=on_result, shard=shard, resume=resume).run()
