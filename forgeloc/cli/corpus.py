@@ -9,6 +9,8 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from forgeloc.cli.common import say
+
 console = Console()
 
 corpus_app = typer.Typer(
@@ -95,9 +97,9 @@ def _print_report(report: Any, package_manifest: Any) -> None:
     elif verification:
         console.print(f"verification: {verification.get('status')}")
     for w in report.warnings:
-        console.print(f"[yellow]warning:[/yellow] {w}", highlight=False, soft_wrap=True)
+        say(str(w), "warning:", "yellow", out=console)
     for e in report.errors:
-        console.print(f"[bold red]error:[/bold red] {e}", highlight=False, soft_wrap=True)
+        say(str(e), "error:", "bold red", out=console)
     console.print(f"{report.out / 'photos'}: {report.written} written, {report.unchanged} unchanged, "
                   f"{report.removed} removed; manifest: {report.manifest_path}"
                   + (f"; package manifest: {package_manifest}" if package_manifest else ""),

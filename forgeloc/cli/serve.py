@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from forgeloc.cli.common import check_threshold_and_device, console, fail
+from forgeloc.cli.common import check_threshold_and_device, console, fail, say
 
 
 def serve(
@@ -57,11 +57,8 @@ def serve(
     except (CheckpointError, FileNotFoundError, ValueError) as err:
         fail(str(err))
     if host not in ("127.0.0.1", "localhost", "::1"):
-        console.print(
-            f"[yellow]warning:[/yellow] listening on {host}: anyone who can reach this address can use the page "
-            "(there is no login); put it behind an authenticating proxy for shared use.",
-            highlight=False,
-        )
+        say(f"listening on {host}: anyone who can reach this address can use the page "
+            "(there is no login); put it behind an authenticating proxy for shared use.", "warning:", "yellow")
     shown = f"[{host}]" if ":" in host else host
     console.print(f"{predictor.label}\nopen http://{shown}:{port}/ in a browser (Ctrl+C to stop)", highlight=False,
                   markup=False)

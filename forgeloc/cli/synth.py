@@ -68,6 +68,7 @@ def synth(
 
     Example: [bold]forgeloc synth --out data/synth --n 200 --seed 0[/bold]
     """
+    from forgeloc.cli.common import check_output_folder, fail, say
     from forgeloc.data.synth import SynthError, bundled_photo_names, synthesize
 
     if list_photos:
@@ -75,6 +76,7 @@ def synth(
         return
     if out is None:
         raise typer.BadParameter("--out is required", param_hint="--out")
+    check_output_folder(out, create=False)  # a file in the way; the writes themselves are checked below
     if realistic:
         _realistic(out, n, seed, photos, size, workers)
         return
@@ -89,12 +91,13 @@ def synth(
             workers=workers, overwrite=overwrite,
         )
     except SynthError as err:
-        console.print(f"[red]error:[/red] {err}")
-        raise typer.Exit(2) from err
+        fail(str(err))
+    except OSError as err:
+        fail(f"--out {out}: cannot write the dataset ({err.strerror or err}: {err.filename or out})", code=1)
     seconds = time.perf_counter() - start
 
     console.print(_summary_table(dataset, seconds))
-    console.print(f"wrote {dataset} (JSON list, paths relative to {dataset.parent}) and manifest.json")
+    say(f"wrote {dataset} (JSON list, paths relative to {dataset.parent}) and manifest.json", out=console)
 
 
 def _summary_table(dataset: Path, seconds: float) -> Table:
@@ -141,7 +144,10 @@ def _realistic(out: Path, n: int, seed: int, photos: Path | None, size: int, wor
     if size % 8:
         fail(f"--size must be a multiple of 8 (samples keep their JPEG block grid), got {size}")
     start = time.perf_counter()
-    dataset = synthesize_real(paths, out, n, seed=seed, cfg=RealSynthConfig(size=size), workers=max(1, workers))
+    try:
+        dataset = synthesize_real(paths, out, n, seed=seed, cfg=RealSynthConfig(size=size), workers=max(1, workers))
+    except OSError as err:
+        fail(f"--out {out}: cannot write the dataset ({err.strerror or err}: {err.filename or out})", code=1)
     kinds = Counter(json.loads(line)["kind"] for line in (out / "history.jsonl").read_text().splitlines())
     console.print(f"{n} images from {len(paths)} photos in {time.perf_counter() - start:.1f} s: "
                   + ", ".join(f"{k} {v}" for k, v in sorted(kinds.items())))
