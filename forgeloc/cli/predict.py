@@ -6,13 +6,15 @@ model is loaded, shows a progress bar and turns how the run ended into messages 
 
 from __future__ import annotations
 
+import contextlib
+import os
 import sys
 from pathlib import Path
 from typing import Any
 
 import typer
 
-from forgeloc.cli.common import check_output_folder, check_threshold_and_device, console, fail, say
+from forgeloc.cli.common import check_threshold_and_device, console, fail, say
 
 # The library's names, re-exported: this module was their home before forgeloc.inference.batch.
 from forgeloc.data.files import expand_inputs
@@ -23,6 +25,46 @@ __all__ = [
     "CSV_COLUMNS", "FLUSH_MAX_SHARE", "FLUSH_SECONDS", "OUTPUT_SUFFIXES", "RUN_FILES", "check_output_folder",
     "expand_inputs", "output_files", "output_stems", "parse_cues", "predict",
 ]
+
+
+def _ancestor_file(path: Path) -> Path | None:
+    """The first existing non-folder among ``path``'s parents (what makes ``mkdir -p`` impossible)."""
+    for parent in reversed(path.absolute().parents):
+        if parent.exists() and not parent.is_dir():
+            return parent
+    return None
+
+
+def check_output_folder(out: Path, option: str = "--out", create: bool = True) -> None:
+    """Make sure ``out`` is (or can become) a writable folder; otherwise a one-line error.
+
+    With ``create=False`` only what can be seen without writing is checked (a file in the way);
+    with ``create=True`` the folder is created and a probe file written and removed.
+    """
+    if out.exists() and not out.is_dir():
+        fail(f"{option} {out} is a file, not a folder")
+    if out.is_symlink() and not out.exists():
+        from forgeloc.data.files import broken_link
+
+        fail(f"{option} {out}: {broken_link(out)}")
+    blocker = _ancestor_file(out)
+    if blocker is not None:
+        fail(f"{option} {out}: {blocker} is a file, so no folder can be made under it")
+    if not create:
+        return
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        fail(f"{option} {out}: cannot create the folder ({err.strerror or err})")
+    probe = out / f".forgeloc-write-test-{os.getpid()}"
+    try:
+        with open(probe, "wb"):
+            pass
+    except OSError as err:
+        fail(f"{option} {out} is not writable ({err.strerror or err})")
+    finally:
+        with contextlib.suppress(OSError):
+            probe.unlink(missing_ok=True)
 
 
 # Long only by its option declarations (typer reads them from the signature); the body is named steps.
@@ -99,7 +141,7 @@ def predict(
     run = BatchPrediction(predictor, plan, mode=mode, batch_size=batch_size, report=report, command=sys.argv,
                           flush_seconds=FLUSH_SECONDS, flush_max_share=FLUSH_MAX_SHARE)
     _run_with_progress(run)
-    _print_summary(out, len(run.summary.rows), run.summary.failures, report)
+    _print_summary(out, run.summary.rows, run.summary.failures, report)
     if run.summary.failures:
         raise typer.Exit(1)
 
@@ -145,8 +187,8 @@ def _warn_foreign_outputs(plan: BatchPlan) -> None:
     foreign = plan.foreign_outputs()
     if foreign:
         shown = ", ".join(p.name for p in foreign[:5]) + (f" and {len(foreign) - 5} more" if len(foreign) > 5 else "")
-        say(f"{len(foreign)} existing file(s) in {plan.out} that are not earlier "
-            f"outputs of the same images will be replaced: {shown}", "warning:", "yellow")
+        console.print(f"[yellow]warning:[/yellow] {len(foreign)} existing file(s) in {plan.out} that are not earlier "
+                      f"outputs of the same images will be replaced: {shown}", highlight=False, soft_wrap=True)
 
 
 def _run_with_progress(run: BatchPrediction) -> None:
@@ -163,7 +205,7 @@ def _run_with_progress(run: BatchPrediction) -> None:
 
             def on_result(item: Any) -> None:
                 if item.failure is not None:
-                    say(f"{item.path}: {item.failure['error']}", "skipped", "red", out=progress.console)
+                    progress.console.print(f"[red]skipped[/red] {item.path}: {item.failure['error']}", highlight=False)
                 progress.advance(task)
 
             run.on_result = on_result
@@ -190,7 +232,11 @@ def _report_stop(run: BatchPrediction, error: BaseException) -> None:
     raise error
 
 
-def _print_summary(out: Path, n_predicted: int, failures: list[dict[str, Any]], report: bool) -> None:
+def _print_summary(out: Path, rows: list[dict[str, Any]], failures: list[dict[str, Any]], report: bool) -> None:
+    for row in rows:  # e.g. "animated GIF: frame 1 of 12 analysed": also in results.json
+        for note in row.get("notes", ()):
+            say(f"{row.get('path')}: {note}", "note:", "yellow")
+    n_predicted = len(rows)
     if report:
         say(f"report: {out / 'report.html'}")
     say(f"{n_predicted} image(s) predicted; results in {out / 'results.json'} and {out / 'results.csv'}")
