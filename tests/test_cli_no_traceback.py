@@ -272,11 +272,11 @@ def test_train(run, corpus: Corpus) -> None:
     for override, expected in (("optim.lr=-1", "optim.lr: must be a positive number"),
                                ("data.input_size=0", "data.input_size: must be a positive number of pixels"),
                                ("model.name=nosuchmodel", "model.name: unknown model 'nosuchmodel'"),
-                               (f"data.train={corpus.root / 'nosuch.json'}", "no such file or folder"),
                                ("train.epcohs=3", "train.epcohs")):
         output = _fails(run, expected, *base, out, override, code=2)
         assert "errors.pydantic.dev" not in output
-    assert not run_dir.exists()  # refused before the run folder was made
+    _fails(run, "dataset not found", *base, out, f"data.train={corpus.root / 'nosuch.json'}", code=1)
+    assert not run_dir.exists()  # all refused before the run folder was made
     _fails(run, "multiple of", *base, out, "data.input_size=63")
     _fails(run, "unknown device 'tpu'", *base, out, "--device", "tpu", code=2)
     bad_yaml = corpus.root / "bad.yaml"

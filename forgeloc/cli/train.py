@@ -70,7 +70,7 @@ def _check_datasets_exist(cfg) -> None:
     named += [(f"data.test.{name}", path) for name, path in cfg.data.test.items()]
     for key, path in named:
         if not Path(path).exists():
-            fail(f"{key}: {path}: no such file or folder")
+            fail(f"{key}: {path}: dataset not found (no such file or folder)", code=1)
 
 
 def register(app: typer.Typer) -> None:
