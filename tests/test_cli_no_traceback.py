@@ -231,6 +231,11 @@ def test_predict(run, corpus: Corpus) -> None:
 
     _fails(run, "symbolic link loop", "predict", str(corpus.loop / "*"), *k, "-o", corpus.root / "p_loop")
     image = corpus.data / "img" / "0.png"
+    damaged = corpus.root / "p_damaged"  # an --out whose results.json is not one forgeloc wrote
+    damaged.mkdir()
+    (damaged / "results.json").write_text('{"results": ' + "[" * 100_000 + "]" * 100_000 + "}")
+    code, output = run("predict", image, *k, "-o", damaged, "--no-report")
+    assert code == 0, output
     _fails(run, "is a file, not a folder", "predict", image, *k, "-o", corpus.a_file, code=2)
     _fails(run, "so no folder can be made under it", "predict", image, *k, "-o", corpus.a_file / "out", code=2)
     _fails(run, "--out", "predict", image, *k, "-o", corpus.read_only / "out", code=2)

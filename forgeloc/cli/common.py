@@ -21,8 +21,9 @@ console = Console(stderr=True)
 
 
 def say(text: str, label: str = "", style: str = "", out: Console | None = None) -> None:
-    """Print ``label`` (styled) then ``text`` verbatim: no markup, no highlighting, no wrapping."""
-    line = Text.assemble((label, style), " " if label else "", text)
+    """Print ``label`` (styled) then ``text`` verbatim: no markup, no highlighting, no wrapping.
+    Without a label, ``style`` applies to the text."""
+    line = Text.assemble((label, style), " ", text) if label else Text(text, style=style)
     (out or console).print(line, highlight=False, soft_wrap=True)
 
 

@@ -56,7 +56,7 @@ def build(
 
     def progress(message: str) -> None:
         if not quiet:
-            console.print(f"[dim]{message}[/dim]", highlight=False)
+            say(message, out=console, style="dim")
 
     try:
         report = build_corpus(
@@ -90,7 +90,7 @@ def _print_report(report: Any, package_manifest: Any) -> None:
         if reasons:
             console.print(f"[bold]{title}[/bold] ({sum(reasons.values())}):")
             for reason, n in reasons.most_common():
-                console.print(f"  {n:5d}  {reason}", highlight=False, soft_wrap=True)
+                say(f"  {n:5d}  {reason}", out=console)
     verification = report.verification
     if verification.get("status") == "ok":
         console.print(f"sha256 of all {verification['checked']} photos match the committed manifest")
@@ -100,10 +100,9 @@ def _print_report(report: Any, package_manifest: Any) -> None:
         say(str(w), "warning:", "yellow", out=console)
     for e in report.errors:
         say(str(e), "error:", "bold red", out=console)
-    console.print(f"{report.out / 'photos'}: {report.written} written, {report.unchanged} unchanged, "
-                  f"{report.removed} removed; manifest: {report.manifest_path}"
-                  + (f"; package manifest: {package_manifest}" if package_manifest else ""),
-                  highlight=False, soft_wrap=True)
+    say(f"{report.out / 'photos'}: {report.written} written, {report.unchanged} unchanged, "
+        f"{report.removed} removed; manifest: {report.manifest_path}"
+        + (f"; package manifest: {package_manifest}" if package_manifest else ""), out=console)
 
 
 def register(app: typer.Typer) -> None:

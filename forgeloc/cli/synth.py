@@ -124,7 +124,7 @@ def _realistic(out: Path, n: int, seed: int, photos: Path | None, size: int, wor
     """``--realistic``: :func:`forgeloc.data.realsynth.synthesize_real` over a folder of photos."""
     from collections import Counter
 
-    from forgeloc.cli.common import fail
+    from forgeloc.cli.common import fail, say
     from forgeloc.data.files import list_folder
     from forgeloc.data.io import IMAGE_EXTENSIONS
     from forgeloc.data.realsynth import RealSynthConfig, synthesize_real
@@ -136,9 +136,9 @@ def _realistic(out: Path, n: int, seed: int, photos: Path | None, size: int, wor
     paths = listing.images
     skipped = [p.name for p in listing.others]
     if skipped:  # e.g. a corpus's .pgm camera frames: said, not silently dropped
-        console.print(f"skipped {len(skipped)} file(s) whose type --realistic does not read "
-                      f"({', '.join(sorted(IMAGE_EXTENSIONS))}): {', '.join(skipped[:8])}"
-                      + (" ..." if len(skipped) > 8 else ""))
+        say(f"skipped {len(skipped)} file(s) whose type --realistic does not read "
+            f"({', '.join(sorted(IMAGE_EXTENSIONS))}): {', '.join(skipped[:8])}"
+            + (" ..." if len(skipped) > 8 else ""), out=console)
     if len(paths) < 2:
         fail(f"{photos}: --realistic needs at least two photos (a splice takes a donor), found {len(paths)}")
     if size % 8:
@@ -151,7 +151,7 @@ def _realistic(out: Path, n: int, seed: int, photos: Path | None, size: int, wor
     kinds = Counter(json.loads(line)["kind"] for line in (out / "history.jsonl").read_text().splitlines())
     console.print(f"{n} images from {len(paths)} photos in {time.perf_counter() - start:.1f} s: "
                   + ", ".join(f"{k} {v}" for k, v in sorted(kinds.items())))
-    console.print(f"wrote {dataset} and history.jsonl (each sample's processing chain)")
+    say(f"wrote {dataset} and history.jsonl (each sample's processing chain)", out=console)
 
 
 def register(app: typer.Typer) -> None:
