@@ -362,6 +362,22 @@ def test_compare_robustness_export(run, corpus: Corpus) -> None:
     _fails(run, "is a file, not a folder", "export", corpus.ckpt, "-o", corpus.a_file)
 
 
+def test_quickstart_demo_bench_corpus(run, corpus: Corpus) -> None:
+    """Only refusals: each of these commands takes minutes once it starts."""
+    for command in ("quickstart", "demo"):
+        _fails(run, "is a file, not a folder", command, "--out", corpus.a_file, code=2)
+        _fails(run, "--out", command, "--out", corpus.read_only / "q", code=2)
+    _fails(run, "so no folder can be made under it", "quickstart", "--out", corpus.a_file / "q", code=2)
+    _fails(run, "Invalid value for '--epochs'", "quickstart", "--epochs", "0", "--out", corpus.root / "q", code=2)
+    _fails(run, "Invalid value for '--size'", "quickstart", "--size", "0", "--out", corpus.root / "q", code=2)
+    _fails(run, "unknown model(s) nosuch", "bench", "-m", "nosuch", code=2)
+    _fails(run, "unknown device 'tpu'", "bench", "--device", "tpu", code=2)
+    _fails(run, "--amp must be none, bf16 or fp16", "bench", "--amp", "fp8", code=2)
+    _fails(run, "Invalid value for '--batch'", "bench", "--batch", "0", code=2)
+    _fails(run, "so no folder can be made under it", "bench", "--json", corpus.a_file / "b.json", code=2)
+    _fails(run, "is a file, not a folder", "corpus", "build", "--out", corpus.a_file, code=2)
+
+
 def test_listing_and_help_commands(run) -> None:
     code, output = run("detectors")
     assert code == 0 and "copymove" in output

@@ -51,13 +51,14 @@ def build(
 
     Example: [bold]forgeloc corpus build --out data/corpus[/bold]
     """
-    from forgeloc.cli.common import fail
+    from forgeloc.cli.common import check_output_folder, fail
     from forgeloc.data.corpus import PACKAGE_MANIFEST, CorpusError, build_corpus
 
     def progress(message: str) -> None:
         if not quiet:
             say(message, out=console, style="dim")
 
+    check_output_folder(out, create=False)  # a file in the way; the writes themselves are checked below
     try:
         report = build_corpus(
             out, debs=debs, extra=extra, download=download, sources=only or None,
@@ -67,6 +68,8 @@ def build(
         )
     except CorpusError as err:
         fail(str(err))
+    except OSError as err:
+        fail(f"--out {out}: {err.strerror or err}: {err.filename or out}", code=1)
 
     _print_report(report, PACKAGE_MANIFEST if write_package_manifest else None)
     if not report.ok:
