@@ -320,6 +320,8 @@ def test_data_commands(run, corpus: Corpus) -> None:
     _fails(run, "nested too deeply", "data", "check", lists / "nested.json", code=1)
     _fails(run, "symbolic link loop", "data", "check", corpus.loop, code=1)
     _fails(run, "truncated or corrupt", "data", "check", corpus.bad, code=1)
+    _fails(run, "Invalid value for '--max-pixels'", "data", "check", lists / "test.json", "--max-pixels", "0", code=2)
+    _fails(run, "Invalid value for '--threshold'", "data", "check", lists / "test.json", "--threshold", "300", code=2)
     for report, expected in ((corpus.a_file / "r.json", "so no folder can be made under it"),
                              (lists, "is a folder"), (corpus.read_only / "r.json", "--json")):
         _fails(run, expected, "data", "check", lists / "test.json", "--json", report, code=2)
@@ -346,6 +348,8 @@ def test_serve_argument_checks(run, corpus: Corpus, never_serve: None) -> None:
     _fails(run, "--threshold must be in [0, 1]", "serve", corpus.ckpt, "--threshold", "7", code=2)
     _fails(run, "no such checkpoint", "serve", corpus.root / "nosuch", code=2)
     _fails(run, "garbage.pth", "serve", corpus.root / "garbage.pth", "--model", "unet_baseline_tiny", code=2)
+    _fails(run, "--amp must be bf16 or fp16", "serve", corpus.ckpt, "--amp", "fp8", code=2)
+    _fails(run, "--max-upload-mb must be positive", "serve", corpus.ckpt, "--max-upload-mb", "-1", code=2)
 
 
 def test_compare_robustness_export(run, corpus: Corpus) -> None:
@@ -357,6 +361,8 @@ def test_compare_robustness_export(run, corpus: Corpus) -> None:
     _fails(run, "unknown device 'tpu'", *args, "-d", corpus.data / "test.json", "--device", "tpu")
     _fails(run, "no path after '='", *args, "-d", "name=", code=2)
     _fails(run, "nested too deeply", *args, "-d", corpus.data / "nested.json")
+    _fails(run, "is a file, not a folder", "robustness", "-k", corpus.ckpt, "-d", corpus.data / "test.json",
+           "-o", corpus.a_file, code=2)
 
     _fails(run, "no such checkpoint", "export", "nosuch", "-o", corpus.root / "ex")
     _fails(run, "is a file, not a folder", "export", corpus.ckpt, "-o", corpus.a_file)

@@ -61,9 +61,12 @@ def check(
                   "(optional authentic/), or a plain folder of images.",
     ),
     max_pixels: int = typer.Option(
-        DEFAULT_MAX_PIXELS, "--max-pixels", help="Refuse images with more pixels than this (decompression bombs)."
+        DEFAULT_MAX_PIXELS, "--max-pixels", min=1,
+        help="Refuse images with more pixels than this (decompression bombs).",
     ),
-    threshold: float = typer.Option(127.5, help="Mask rule: a pixel is tampered when its RGB mean is > this."),
+    threshold: float = typer.Option(
+        127.5, min=0.0, max=255.0, help="Mask rule: a pixel is tampered when its RGB mean is > this."
+    ),
     json_report: Path | None = typer.Option(
         None, "--json", help="Also write the full report (counts and every problem) to this JSON file."
     ),

@@ -48,6 +48,8 @@ def serve(
     cue_names = parse_cues(cues)
     if max_upload_mb <= 0:
         fail("--max-upload-mb must be positive")
+    if amp not in (None, "bf16", "fp16"):
+        fail(f"--amp must be bf16 or fp16, not {amp!r}")
     check_threshold_and_device(threshold, device)
     try:
         predictor = load(
