@@ -9,6 +9,8 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from forgeloc.cli.common import say
+
 console = Console()
 
 corpus_app = typer.Typer(
@@ -49,13 +51,14 @@ def build(
 
     Example: [bold]forgeloc corpus build --out data/corpus[/bold]
     """
-    from forgeloc.cli.common import fail
+    from forgeloc.cli.common import check_output_folder, fail
     from forgeloc.data.corpus import PACKAGE_MANIFEST, CorpusError, build_corpus
 
     def progress(message: str) -> None:
         if not quiet:
-            console.print(f"[dim]{message}[/dim]", highlight=False)
+            say(message, out=console, style="dim")
 
+    check_output_folder(out, create=False)  # a file in the way; the writes themselves are checked below
     try:
         report = build_corpus(
             out, debs=debs, extra=extra, download=download, sources=only or None,
@@ -65,6 +68,8 @@ def build(
         )
     except CorpusError as err:
         fail(str(err))
+    except OSError as err:
+        fail(f"--out {out}: {err.strerror or err}: {err.filename or out}", code=1)
 
     _print_report(report, PACKAGE_MANIFEST if write_package_manifest else None)
     if not report.ok:
@@ -88,20 +93,19 @@ def _print_report(report: Any, package_manifest: Any) -> None:
         if reasons:
             console.print(f"[bold]{title}[/bold] ({sum(reasons.values())}):")
             for reason, n in reasons.most_common():
-                console.print(f"  {n:5d}  {reason}", highlight=False, soft_wrap=True)
+                say(f"  {n:5d}  {reason}", out=console)
     verification = report.verification
     if verification.get("status") == "ok":
         console.print(f"sha256 of all {verification['checked']} photos match the committed manifest")
     elif verification:
         console.print(f"verification: {verification.get('status')}")
     for w in report.warnings:
-        console.print(f"[yellow]warning:[/yellow] {w}", highlight=False, soft_wrap=True)
+        say(str(w), "warning:", "yellow", out=console)
     for e in report.errors:
-        console.print(f"[bold red]error:[/bold red] {e}", highlight=False, soft_wrap=True)
-    console.print(f"{report.out / 'photos'}: {report.written} written, {report.unchanged} unchanged, "
-                  f"{report.removed} removed; manifest: {report.manifest_path}"
-                  + (f"; package manifest: {package_manifest}" if package_manifest else ""),
-                  highlight=False, soft_wrap=True)
+        say(str(e), "error:", "bold red", out=console)
+    say(f"{report.out / 'photos'}: {report.written} written, {report.unchanged} unchanged, "
+        f"{report.removed} removed; manifest: {report.manifest_path}"
+        + (f"; package manifest: {package_manifest}" if package_manifest else ""), out=console)
 
 
 def register(app: typer.Typer) -> None:

@@ -61,9 +61,12 @@ def check(
                   "(optional authentic/), or a plain folder of images.",
     ),
     max_pixels: int = typer.Option(
-        DEFAULT_MAX_PIXELS, "--max-pixels", help="Refuse images with more pixels than this (decompression bombs)."
+        DEFAULT_MAX_PIXELS, "--max-pixels", min=1,
+        help="Refuse images with more pixels than this (decompression bombs).",
     ),
-    threshold: float = typer.Option(127.5, help="Mask rule: a pixel is tampered when its RGB mean is > this."),
+    threshold: float = typer.Option(
+        127.5, min=0.0, max=255.0, help="Mask rule: a pixel is tampered when its RGB mean is > this."
+    ),
     json_report: Path | None = typer.Option(
         None, "--json", help="Also write the full report (counts and every problem) to this JSON file."
     ),
@@ -71,8 +74,11 @@ def check(
     """Read every image and mask of DATASET and list everything wrong with it."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 
+    from forgeloc.cli.common import check_output_file
     from forgeloc.data.check import check_dataset
 
+    if json_report is not None:  # before the scan, which can take long
+        check_output_file(json_report, "--json")
     with Progress(TextColumn("reading"), BarColumn(), MofNCompleteColumn(), console=err_console,
                   transient=True, disable=not err_console.is_terminal) as bar:
         task = bar.add_task("check", total=None)
@@ -103,12 +109,21 @@ def check(
         colour = "red" if p.severity == "error" else "yellow"
         console.print(f"[{colour}]{p.severity}[/{colour}] {escape(p.where)}: {escape(p.message)}", soft_wrap=True)
     if json_report is not None:
-        json_report.write_text(json.dumps(report.to_dict(), indent=2, default=str))
+        _write_report(json_report, report.to_dict())
         console.print(f"report written to {escape(str(json_report))}", soft_wrap=True)
     if report.errors:
         console.print(f"[red]{len(report.errors)} error(s)[/red]: fix them before training or evaluating.")
         raise typer.Exit(1)
     console.print("[green]no errors[/green]" + (f" ({len(report.warnings)} warning(s))" if report.warnings else ""))
+
+
+def _write_report(path: Path, report: dict) -> None:
+    from forgeloc.cli.common import fail
+
+    try:
+        path.write_text(json.dumps(report, indent=2, default=str))
+    except OSError as err:
+        fail(f"--json {path}: cannot write the report ({err.strerror or err})", code=1)
 
 
 @data_app.command("convert", help=_CONVERT_HELP)
@@ -123,9 +138,12 @@ def convert(
     ),
 ) -> None:
     """Write SOURCE as an IMDLBenCo-style JSON list."""
+    from forgeloc.cli.common import check_output_file
     from forgeloc.data.check import convert_to_json
     from forgeloc.data.datasets import DatasetError, load_records
 
+    if output.suffix.lower() == ".json":  # other names are refused by convert_to_json with the reason
+        check_output_file(output, "OUTPUT", create=False)
     try:
         out = convert_to_json(source, output, relative=not absolute)
     except DatasetError as err:
@@ -135,6 +153,9 @@ def convert(
         raise typer.Exit(1) from err
     except ValueError as err:
         err_console.print(f"[red]error:[/red] {escape(str(err))}")
+        raise typer.Exit(2) from err
+    except OSError as err:
+        err_console.print(f"[red]error:[/red] cannot write {escape(str(output))} ({escape(err.strerror or str(err))})")
         raise typer.Exit(2) from err
     records = load_records(out)
     n_neg = sum(1 for r in records if r.mask is None)

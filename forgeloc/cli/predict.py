@@ -16,7 +16,7 @@ from typing import Any
 
 import typer
 
-from forgeloc.cli.common import check_threshold_and_device, console, fail, set_threads
+from forgeloc.cli.common import check_threshold_and_device, console, fail, say, set_threads
 
 # The library's names, re-exported: this module was their home before forgeloc.inference.batch.
 from forgeloc.data.files import expand_inputs
@@ -176,7 +176,7 @@ def predict(
     if run.split:
         _finish_shard(run, ranks)
     else:
-        _print_summary(out, len(run.summary.rows), run.summary.failures, report, run.already_done)
+        _print_summary(out, run.summary.rows, run.summary.failures, report, run.already_done)
         if run.summary.failures:
             raise typer.Exit(1)
 
@@ -247,7 +247,7 @@ def _merge(folder: Path, inputs: list[str] | None) -> None:
         fail(str(err), code=1)
     except OSError as err:
         fail(f"cannot write the merged results into {folder}: {err.strerror or err}", code=1)
-    _print_summary(folder, len(summary.rows), summary.failures, summary.report_file is not None)
+    _print_summary(folder, summary.rows, summary.failures, summary.report_file is not None)
     if summary.failures:
         raise typer.Exit(1)
 
@@ -416,31 +416,32 @@ def _report_stop(run: BatchPrediction, error: BaseException) -> None:
     from forgeloc.inference.batch import OutputFolderError
 
     if run.save_error is not None:
-        console.print(f"[bold red]could not save the results table either:[/bold red] {run.save_error}",
-                      highlight=False)
+        say(str(run.save_error), "could not save the results table either:", "bold red")
     done = f"after {run.processed} of {len(run.todo)} input(s)"
     where = f"{len(run.summary.rows)} image(s) predicted; results so far in " \
             f"{run.journal_path if run.split else run.out / 'results.json'}"
     if isinstance(error, KeyboardInterrupt):
-        console.print(f"[bold red]interrupted[/bold red] {done}; {where}", highlight=False)
+        say(f"{done}; {where}", "interrupted", "bold red")
         raise typer.Exit(130)
     if isinstance(error, OutputFolderError):
         fail(f"{error}; stopped {done}; {where}", code=1)
-    console.print(f"[bold red]stopped by an error[/bold red] {done}; {where}", highlight=False)
+    say(f"{done}; {where}", "stopped by an error", "bold red")
     raise error
 
 
-def _print_summary(out: Path, n_predicted: int, failures: list[dict[str, Any]], report: bool,
+def _print_summary(out: Path, rows: list[dict[str, Any]], failures: list[dict[str, Any]], report: bool,
                    already_done: int = 0) -> None:
+    for row in rows:  # e.g. "animated GIF: frame 1 of 12 analysed": also in results.json
+        for note in row.get("notes", ()):
+            say(f"{row.get('path')}: {note}", "note:", "yellow")
     if report:
-        console.print(f"report: {out / 'report.html'}", highlight=False)
+        say(f"report: {out / 'report.html'}")
     earlier = f" ({already_done} of them already done by an earlier run)" if already_done else ""
-    console.print(f"{n_predicted} image(s) predicted{earlier}; results in {out / 'results.json'} and "
-                  f"{out / 'results.csv'}", highlight=False)
+    say(f"{len(rows)} image(s) predicted{earlier}; results in {out / 'results.json'} and {out / 'results.csv'}")
     if failures:
         console.print(f"[bold red]{len(failures)} input(s) failed:[/bold red]", highlight=False)
         for f in failures:
-            console.print(f"  {f['path']}: {f['error']}", highlight=False, soft_wrap=True)
+            say(f"  {f['path']}: {f['error']}")
 
 
 def _looks_like_checkpoint(item: str) -> bool:

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import typer
 
-from forgeloc.cli.common import fail, parse_named
+from forgeloc.cli.common import check_output_folder, fail, parse_named
 
 
 # Long only by its option declarations (typer reads them from the signature).
@@ -69,10 +69,12 @@ def robustness(
         names = checkpoint_names(checkpoint)
     except ValueError as err:
         fail(str(err))
+    datasets = parse_named(data)
+    check_output_folder(out)  # before minutes of evaluation, not when the tables are written
     command = "forgeloc " + " ".join(shlex.quote(a) for a in sys.argv[1:]) if sys.argv[1:] else ""
     try:
         run_robustness(
-            names, parse_named(data), out, perturbations=kinds, levels=custom, jpeg_exact=jpeg_exact,
+            names, datasets, out, perturbations=kinds, levels=custom, jpeg_exact=jpeg_exact,
             noise_rounding=noise_rounding, seed=seed, model_name=model, plot=plot, command=command,
             definition=definition, threshold=threshold, image_score=image_score, input_size=input_size,
             input_mode=input_mode, batch_size=batch_size, num_workers=num_workers, device=device,

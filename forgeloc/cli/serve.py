@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from forgeloc.cli.common import check_threshold_and_device, console, fail, set_threads
+from forgeloc.cli.common import check_threshold_and_device, console, fail, say, set_threads
 
 
 def serve(
@@ -45,6 +45,8 @@ def serve(
     cue_names = parse_cues(cues)
     if max_upload_mb <= 0:
         fail("--max-upload-mb must be positive")
+    if amp not in (None, "bf16", "fp16"):
+        fail(f"--amp must be bf16 or fp16, not {amp!r}")
     check_threshold_and_device(threshold, device)
     try:
         predictor = load(
@@ -54,11 +56,8 @@ def serve(
     except (CheckpointError, FileNotFoundError, ValueError) as err:
         fail(str(err))
     if host not in ("127.0.0.1", "localhost", "::1"):
-        console.print(
-            f"[yellow]warning:[/yellow] listening on {host}: anyone who can reach this address can use the page "
-            "(there is no login); put it behind an authenticating proxy for shared use.",
-            highlight=False,
-        )
+        say(f"listening on {host}: anyone who can reach this address can use the page "
+            "(there is no login); put it behind an authenticating proxy for shared use.", "warning:", "yellow")
     shown = f"[{host}]" if ":" in host else host
     console.print(f"{predictor.label}\nopen http://{shown}:{port}/ in a browser (Ctrl+C to stop)", highlight=False,
                   markup=False)

@@ -68,6 +68,7 @@ def synth(
 
     Example: [bold]forgeloc synth --out data/synth --n 200 --seed 0[/bold]
     """
+    from forgeloc.cli.common import check_output_folder, fail, say
     from forgeloc.data.synth import SynthError, bundled_photo_names, synthesize
 
     if list_photos:
@@ -75,6 +76,7 @@ def synth(
         return
     if out is None:
         raise typer.BadParameter("--out is required", param_hint="--out")
+    check_output_folder(out, create=False)  # a file in the way; the writes themselves are checked below
     if realistic:
         _realistic(out, n, seed, photos, size, workers)
         return
@@ -89,12 +91,13 @@ def synth(
             workers=workers, overwrite=overwrite,
         )
     except SynthError as err:
-        console.print(f"[red]error:[/red] {err}")
-        raise typer.Exit(2) from err
+        fail(str(err))
+    except OSError as err:
+        fail(f"--out {out}: cannot write the dataset ({err.strerror or err}: {err.filename or out})", code=1)
     seconds = time.perf_counter() - start
 
     console.print(_summary_table(dataset, seconds))
-    console.print(f"wrote {dataset} (JSON list, paths relative to {dataset.parent}) and manifest.json")
+    say(f"wrote {dataset} (JSON list, paths relative to {dataset.parent}) and manifest.json", out=console)
 
 
 def _summary_table(dataset: Path, seconds: float) -> Table:
@@ -121,7 +124,7 @@ def _realistic(out: Path, n: int, seed: int, photos: Path | None, size: int, wor
     """``--realistic``: :func:`forgeloc.data.realsynth.synthesize_real` over a folder of photos."""
     from collections import Counter
 
-    from forgeloc.cli.common import fail
+    from forgeloc.cli.common import fail, say
     from forgeloc.data.files import list_folder
     from forgeloc.data.io import IMAGE_EXTENSIONS
     from forgeloc.data.realsynth import RealSynthConfig, synthesize_real
@@ -133,19 +136,22 @@ def _realistic(out: Path, n: int, seed: int, photos: Path | None, size: int, wor
     paths = listing.images
     skipped = [p.name for p in listing.others]
     if skipped:  # e.g. a corpus's .pgm camera frames: said, not silently dropped
-        console.print(f"skipped {len(skipped)} file(s) whose type --realistic does not read "
-                      f"({', '.join(sorted(IMAGE_EXTENSIONS))}): {', '.join(skipped[:8])}"
-                      + (" ..." if len(skipped) > 8 else ""))
+        say(f"skipped {len(skipped)} file(s) whose type --realistic does not read "
+            f"({', '.join(sorted(IMAGE_EXTENSIONS))}): {', '.join(skipped[:8])}"
+            + (" ..." if len(skipped) > 8 else ""), out=console)
     if len(paths) < 2:
         fail(f"{photos}: --realistic needs at least two photos (a splice takes a donor), found {len(paths)}")
     if size % 8:
         fail(f"--size must be a multiple of 8 (samples keep their JPEG block grid), got {size}")
     start = time.perf_counter()
-    dataset = synthesize_real(paths, out, n, seed=seed, cfg=RealSynthConfig(size=size), workers=max(1, workers))
+    try:
+        dataset = synthesize_real(paths, out, n, seed=seed, cfg=RealSynthConfig(size=size), workers=max(1, workers))
+    except OSError as err:
+        fail(f"--out {out}: cannot write the dataset ({err.strerror or err}: {err.filename or out})", code=1)
     kinds = Counter(json.loads(line)["kind"] for line in (out / "history.jsonl").read_text().splitlines())
     console.print(f"{n} images from {len(paths)} photos in {time.perf_counter() - start:.1f} s: "
                   + ", ".join(f"{k} {v}" for k, v in sorted(kinds.items())))
-    console.print(f"wrote {dataset} and history.jsonl (each sample's processing chain)")
+    say(f"wrote {dataset} and history.jsonl (each sample's processing chain)", out=console)
 
 
 def register(app: typer.Typer) -> None:

@@ -10,7 +10,9 @@ from forgeloc.cli.common import fail
 
 
 def train(
-    config: Path | None = typer.Option(None, "--config", "-c", help="YAML/TOML run config (see configs/)."),
+    config: Path | None = typer.Option(
+        None, "--config", "-c", help="YAML/TOML run config (examples: configs/ in the forgeloc repository)."
+    ),
     overrides: list[str] | None = typer.Argument(
         None, help="Dotted overrides, e.g. train.epochs=3 optim.lr=1e-4 data.train=[a.json,b.json]."
     ),
@@ -22,7 +24,7 @@ def train(
     """Train a model. Under [bold]torchrun[/bold] the same command runs DDP on every process.
 
     Examples:
-      forgeloc train -c configs/unet_baseline_synth.yaml train.epochs=5
+      forgeloc train -c configs/quickstart.yaml train.epochs=5
       torchrun --nproc_per_node=4 -m forgeloc train -c configs/sparsevit_cat.yaml
       forgeloc train --resume runs/sparsevit_cat
     """
@@ -54,10 +56,21 @@ def train(
         cfg = load_config(config, list(overrides or []), fallback_root=fallback_root)
     except (ValueError, FileNotFoundError) as err:
         fail(str(err))
+    _check_datasets_exist(cfg)
     try:
         run_training(cfg, resume=resume, device=device)
     except (DatasetError, CheckpointError, OSError, ValueError) as err:
         fail(str(err), code=1)
+
+
+def _check_datasets_exist(cfg) -> None:
+    """A missing training or test set is refused before the run folder is made (the trainer would
+    find out only after writing config.yaml)."""
+    named = [("data.train", entry.path) for entry in cfg.data.train]
+    named += [(f"data.test.{name}", path) for name, path in cfg.data.test.items()]
+    for key, path in named:
+        if not Path(path).exists():
+            fail(f"{key}: {path}: dataset not found (no such file or folder)", code=1)
 
 
 def register(app: typer.Typer) -> None:

@@ -149,6 +149,22 @@ def _has_transparency(path: Path) -> bool:
         return "transparency" in img.info
 
 
+#: Formats whose files can hold several frames or pages (a GIF is not a dataset format).
+_MULTI_FRAME_SUFFIXES = frozenset({".tif", ".tiff", ".webp"})
+
+
+def _check_frames(record: Record, max_pixels: int, problems: list[Problem]) -> None:
+    """A warning for a multi-page TIFF (or animated WebP): training and testing read page 1 only."""
+    if record.image.suffix.lower() not in _MULTI_FRAME_SUFFIXES:
+        return
+    try:
+        note = image_info(record.image, max_pixels=max_pixels).frames_note
+    except ImageReadError:  # it was just read: a failure here is not a new problem
+        return
+    if note:
+        problems.append(_problem(record, record.image, f"{note}; the other pages are ignored", "warning"))
+
+
 def check_dataset(
     source: str | os.PathLike,
     *,
@@ -186,6 +202,7 @@ def check_dataset(
                 image_size = (image.shape[1], image.shape[0])
                 sizes.append(image_size)
                 del image
+                _check_frames(record, max_pixels, problems)
             if record.mask is not None:
                 fraction = _check_mask(record, image_size, max_pixels, threshold, problems)
                 if fraction is not None and image_size is not None:

@@ -20,6 +20,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -265,10 +266,11 @@ def _scan_json(path: Path, problems: list[Problem], check_files: bool) -> list[R
         return []
     data, text = loaded
     lines = _entry_lines(text)
+    entries_on_line = Counter(lines)
     records = []
     seen: dict[str, Record] = {}
     for i, entry in enumerate(data):
-        where = f"{path}:line {lines[i]}" if i < len(lines) else f"{path}:entry {i}"
+        where = _entry_where(path, i, lines, entries_on_line)
         record = _entry_record(entry, where, path.parent, check_files, problems)
         if record is None:
             continue
@@ -280,6 +282,15 @@ def _scan_json(path: Path, problems: list[Problem], check_files: bool) -> list[R
         seen.setdefault(key, record)
         records.append(record)
     return records
+
+
+def _entry_where(path: Path, index: int, lines: list[int], entries_on_line: Counter) -> str:
+    """``list.json:line 7``; ``list.json:line 1, entry 3`` (counted from 1) when the line holds several
+    entries, as a list written on one line does."""
+    if index >= len(lines):
+        return f"{path}:entry {index + 1}"
+    line = lines[index]
+    return f"{path}:line {line}" + (f", entry {index + 1}" if entries_on_line[line] > 1 else "")
 
 
 def _read_json_list(path: Path, problems: list[Problem]) -> tuple[list, str] | None:
@@ -296,6 +307,9 @@ def _read_json_list(path: Path, problems: list[Problem]) -> tuple[list, str] | N
         data = json.loads(text)
     except json.JSONDecodeError as err:
         problems.append(Problem(f"{path}:line {err.lineno}", f"invalid JSON: {err.msg} (column {err.colno})"))
+        return None
+    except RecursionError:  # [[[[...]]]] thousands deep: Python's parser gives up before any entry is seen
+        problems.append(Problem(str(path), "JSON nested too deeply to be a list of [image, mask] pairs"))
         return None
     if not isinstance(data, list):
         problems.append(Problem(str(path), f"must be a JSON list of [image, mask_or_\"Negative\"] pairs, "

@@ -30,10 +30,12 @@ Pillow's global settings, and never sets ``ImageFile.LOAD_TRUNCATED_IMAGES``.
 
 from __future__ import annotations
 
+import contextlib
 import io
 import logging
 import os
 import warnings
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any, Union
@@ -52,6 +54,8 @@ __all__ = [
     "MaskSizeError",
     "authentic_mask",
     "binarize_mask",
+    "count_frames",
+    "frames_note",
     "image_info",
     "mask_stats",
     "pil_to_rgb",
@@ -97,7 +101,11 @@ class MaskError(ValueError):
 
 
 class MaskSizeError(MaskError):
-    """A mask's size differs from its image's; both paths and both sizes are in the message."""
+    """A mask's size differs from its image's; both paths and both sizes are in the message.
+
+    The message is for command-line users too, so it names no Python option; in Python,
+    ``read_mask(..., resize=True)`` / ``ForgeryDataset(resize_masks=True)`` resize instead.
+    """
 
     def __init__(
         self,
@@ -114,7 +122,8 @@ class MaskSizeError(MaskError):
         image_desc = f"image {self.image_path}" if image_path is not None else "the image"
         message = (
             f"mask {path} is {mw}x{mh} (WxH) but {image_desc} is {iw}x{ih}; masks must match their "
-            "image pixel for pixel (pass resize=True to resize the mask, nearest neighbour)"
+            f"image pixel for pixel: resize the mask file to {iw}x{ih} (nearest neighbour), or check that it "
+            "belongs to this image"
         )
         if (mw, mh) == (ih, iw):
             message += (
@@ -168,6 +177,22 @@ def _read_bytes(source: ImageSource, where: str) -> bytes:
     return data
 
 
+#: The first bytes of the formats forgeloc reads (WebP: "RIFF", 4 size bytes, "WEBP").
+_MAGIC = (("JPEG", b"\xff\xd8\xff"), ("PNG", b"\x89PNG\r\n\x1a\n"), ("GIF", b"GIF8"), ("TIFF", b"II*\x00"),
+          ("TIFF", b"MM\x00*"), ("BMP", b"BM"), ("WebP", b"RIFF"))
+
+
+def _format_from_magic(data: bytes) -> str | None:
+    """The format ``data`` starts like (a file cut inside its signature counts), else ``None``."""
+    for name, magic in _MAGIC:
+        head = data[: len(magic)]
+        if len(head) >= 2 and magic.startswith(head):
+            if name == "WebP" and len(data) >= 12 and data[8:12] != b"WEBP":
+                continue
+            return name
+    return None
+
+
 def _describe_unknown(data: bytes) -> str:
     """Why Pillow did not recognise ``data``, in words a user can act on."""
     head = data[:512].lstrip(b"\xef\xbb\xbf \t\r\n")
@@ -182,6 +207,9 @@ def _describe_unknown(data: bytes) -> str:
         text = None
     if text is not None and text and all(ch.isprintable() or ch in "\r\n\t" for ch in text):
         return "is a text file, not an image"
+    fmt = _format_from_magic(data)
+    if fmt is not None:  # e.g. a JPEG cut inside its header: Pillow cannot tell what it is any more
+        return f"truncated or corrupt {fmt} (it starts like one, but its header is cut short or damaged)"
     hex_head = " ".join(f"{b:02x}" for b in data[:8])
     return f"is not a recognised image format (first bytes: {hex_head})"
 
@@ -190,7 +218,7 @@ def _open(data: bytes, where: str, max_pixels: int) -> Image.Image:
     """Open ``data`` with Pillow and check the declared size; pixels are not decoded yet."""
     try:
         # Pillow warns above its soft limit; forgeloc applies its own limit just below instead.
-        with warnings.catch_warnings():
+        with _quiet_exif():  # Pillow reads the EXIF block's DPI while opening a JPEG
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
             img = Image.open(io.BytesIO(data))
     except Image.DecompressionBombError as err:
@@ -201,7 +229,8 @@ def _open(data: bytes, where: str, max_pixels: int) -> Image.Image:
     except UnidentifiedImageError as err:
         raise ImageReadError(where, _describe_unknown(data)) from err
     except Exception as err:  # a malformed header can raise nearly anything inside a plugin
-        raise ImageReadError(where, f"truncated or corrupt image header ({type(err).__name__}: {err})") from err
+        fmt = _format_from_magic(data) or "image"
+        raise ImageReadError(where, f"truncated or corrupt {fmt} header ({type(err).__name__}: {err})") from err
     width, height = img.size
     if width <= 0 or height <= 0:
         raise ImageReadError(where, f"declares an empty size {width}x{height}")
@@ -226,7 +255,8 @@ def _decode(img: Image.Image, where: str, exif_transpose: bool) -> Image.Image:
     # exif_transpose copies the image even when there is nothing to do: skip the common case.
     if exif_transpose and _orientation(img) != 1:
         try:
-            transposed = ImageOps.exif_transpose(img)
+            with _quiet_exif():
+                transposed = ImageOps.exif_transpose(img)
         except Exception as err:  # a broken EXIF block must not hide good pixels, but must be said
             logger.warning("%s: EXIF orientation unreadable (%s); using the stored orientation", where, err)
         else:
@@ -235,9 +265,20 @@ def _decode(img: Image.Image, where: str, exif_transpose: bool) -> Image.Image:
     return img
 
 
+@contextlib.contextmanager
+def _quiet_exif() -> Iterator[None]:
+    """Pillow warns ("Corrupt EXIF data", "Tag data larger than file") on the console when it parses
+    a damaged EXIF block; the orientation is all forgeloc reads from it here, and the metadata cue
+    reports the damage itself."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", category=UserWarning, module=r"PIL\.")
+        yield
+
+
 def _orientation(img: Image.Image) -> int:
     try:
-        return int(img.getexif().get(_EXIF_ORIENTATION_TAG, 1))
+        with _quiet_exif():
+            return int(img.getexif().get(_EXIF_ORIENTATION_TAG, 1))
     except Exception:  # unreadable EXIF: treated as "no rotation" (a warning comes from _decode)
         return 1
 
@@ -303,17 +344,47 @@ def pil_to_rgb(img: Image.Image, where: str, *, alpha: str) -> np.ndarray:
 # --------------------------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class ImageInfo:
-    """What a file's header says (nothing decoded): size after EXIF rotation, mode, format."""
+    """What a file's header says (nothing decoded): size after EXIF rotation, mode, format, and the
+    number of frames (pages) in the file, of which forgeloc reads the first."""
 
     width: int
     height: int
     mode: str
     format: str | None
     exif_orientation: int
+    frames: int = 1
 
     @property
     def size(self) -> tuple[int, int]:
         return self.width, self.height
+
+    @property
+    def frames_note(self) -> str | None:
+        """``"animated GIF: frame 1 of 12 analysed"`` when only part of the file is read, else ``None``."""
+        return frames_note(self.format, self.frames)
+
+
+_MULTI_FRAME_KINDS = {"GIF": "animated GIF", "PNG": "animated PNG", "WEBP": "animated WebP", "TIFF": "multi-page TIFF"}
+
+
+def frames_note(fmt: str | None, frames: int) -> str | None:
+    """What to tell a user whose file holds ``frames`` frames (pages) when only the first is read.
+
+    ``None`` for one frame, and for MPO: a camera JPEG's second picture is its preview, not content.
+    """
+    if frames <= 1 or fmt == "MPO":
+        return None
+    kind = _MULTI_FRAME_KINDS.get(fmt or "", f"multi-frame {fmt or 'image'}")
+    unit = "page" if fmt == "TIFF" else "frame"
+    return f"{kind}: {unit} 1 of {frames} analysed"
+
+
+def count_frames(img: Image.Image) -> int:
+    """Frames (pages) in an opened file; 1 when Pillow cannot tell (it may seek through the file)."""
+    try:
+        return max(1, int(getattr(img, "n_frames", 1) or 1))
+    except Exception:  # a damaged later frame: the first one is still what is read
+        return 1
 
 
 def image_info(source: ImageSource, *, max_pixels: int = DEFAULT_MAX_PIXELS, name: str | None = None) -> ImageInfo:
@@ -324,7 +395,7 @@ def image_info(source: ImageSource, *, max_pixels: int = DEFAULT_MAX_PIXELS, nam
     w, h = img.size
     if orientation in (5, 6, 7, 8):  # these orientations swap width and height
         w, h = h, w
-    return ImageInfo(w, h, img.mode, img.format, orientation)
+    return ImageInfo(w, h, img.mode, img.format, orientation, count_frames(img))
 
 
 def read_image(
@@ -341,7 +412,8 @@ def read_image(
     header is checked against ``max_pixels`` before decoding, every pixel is decoded here (so a
     truncated file raises now, not inside a data-loader worker later), the EXIF orientation is
     applied (``exif_transpose=False`` keeps the stored orientation) and any mode is converted to
-    RGB as described in the module docstring. Multi-frame files give their first frame.
+    RGB as described in the module docstring. Multi-frame files (animated GIF/PNG/WebP, multi-page
+    TIFF) give their first frame; :func:`image_info`'s ``frames_note`` says so in words.
 
     Raises :class:`ImageReadError` (or its subclass :class:`DecompressionBombError`) naming the file.
     """

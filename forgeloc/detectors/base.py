@@ -40,7 +40,8 @@ class ImageInput:
     photo came from a file or bytes (``None`` for arrays). ``format``: Pillow's format name
     (``"JPEG"``, ``"PNG"``, ...) or ``None``. ``orientation``: the EXIF orientation tag (1 = none);
     JPEG-domain cues computed on the stored grid must apply the same transposition to their maps
-    (see :meth:`to_display`).
+    (see :meth:`to_display`). ``notes``: what the user should know about how the file was read
+    (``"animated GIF: frame 1 of 12 analysed"``).
     """
 
     rgb: np.ndarray
@@ -48,6 +49,7 @@ class ImageInput:
     format: str | None = None
     orientation: int = 1
     name: str = "image"
+    notes: tuple[str, ...] = ()
 
     @property
     def is_jpeg(self) -> bool:
@@ -83,7 +85,7 @@ class ImageInput:
 
         from PIL import Image
 
-        from forgeloc.data.io import read_image
+        from forgeloc.data.io import count_frames, frames_note, read_image
 
         rgb = read_image(data, name=name)
         with warnings.catch_warnings():  # Pillow's "Corrupt EXIF data": the pixels are what matter here
@@ -91,7 +93,9 @@ class ImageInput:
             with Image.open(io.BytesIO(data)) as img:
                 fmt = img.format
                 orientation = int(img.getexif().get(0x0112, 1) or 1)
-        return cls(rgb=rgb, data=data, format=fmt, orientation=orientation if 1 <= orientation <= 8 else 1, name=name)
+                note = frames_note(fmt, count_frames(img))
+        return cls(rgb=rgb, data=data, format=fmt, orientation=orientation if 1 <= orientation <= 8 else 1, name=name,
+                   notes=(note,) if note else ())
 
     @classmethod
     def from_path(cls, path: Any) -> ImageInput:

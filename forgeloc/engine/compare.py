@@ -342,7 +342,7 @@ def load_results(path: str | Path) -> tuple[dict[str, dict[str, Any]], dict[str,
     path = Path(path)
     try:
         data = json.loads(path.read_text())
-    except (OSError, ValueError) as err:
+    except (OSError, ValueError, RecursionError) as err:  # RecursionError: JSON nested thousands deep
         raise CompareError(f"{path}: cannot read the results ({err})") from err
     if isinstance(data, dict) and isinstance(data.get("results"), dict):
         rows, meta = data["results"], data.get("meta") or {}

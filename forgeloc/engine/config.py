@@ -11,12 +11,13 @@ absolute path (:meth:`Config.with_absolute_paths`), so ``--resume RUN`` finds th
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Any, Literal
 
 import tomllib
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 
 class _Strict(BaseModel):
@@ -36,6 +37,15 @@ class ModelConfig(_Strict):
         default=None, description="auxiliary loss wrapped around the model, e.g. {name: ncl, weight: 1.0}"
     )
     init_checkpoint: str | None = Field(default=None, description="weights to start from (fine-tuning)")
+
+    @field_validator("name")
+    @classmethod
+    def _registered(cls, v: str) -> str:
+        from forgeloc.models.registry import list_models  # torch only when a config is checked
+
+        if v not in list_models():
+            raise ValueError(f"unknown model {v!r}; registered models: {', '.join(list_models())}")
+        return v
 
 
 class DatasetEntry(_Strict):
@@ -103,6 +113,36 @@ class OptimConfig(_Strict):
     poly_power: float = 0.9
     grad_clip: float | None = Field(default=None, description="max global grad norm; null = no clipping")
 
+    # Checked here so that a bad value is refused before anything is built or written, not by the
+    # optimiser's constructor (or as NaN losses) once the run has started.
+    @field_validator("lr", "eps")
+    @classmethod
+    def _strictly_positive(cls, v: float) -> float:
+        if not math.isfinite(v) or v <= 0:
+            raise ValueError(f"must be a positive number, got {v}")
+        return v
+
+    @field_validator("min_lr", "weight_decay", "warmup_epochs", "momentum", "poly_power")
+    @classmethod
+    def _not_negative(cls, v: float) -> float:
+        if not math.isfinite(v) or v < 0:
+            raise ValueError(f"must be a number >= 0, got {v}")
+        return v
+
+    @field_validator("betas")
+    @classmethod
+    def _betas(cls, v: tuple[float, float]) -> tuple[float, float]:
+        if not all(0.0 <= b < 1.0 for b in v):
+            raise ValueError(f"both betas must be in [0, 1), got {v}")
+        return v
+
+    @field_validator("grad_clip")
+    @classmethod
+    def _clip(cls, v: float | None) -> float | None:
+        if v is not None and (not math.isfinite(v) or v <= 0):
+            raise ValueError(f"must be a positive norm (or null for no clipping), got {v}")
+        return v
+
 
 class TrainConfig(_Strict):
     epochs: int = 1
@@ -159,6 +199,8 @@ class Config(_Strict):
     def _check(self) -> Config:
         if self.optim.warmup_epochs > self.train.epochs:
             raise ValueError("optim.warmup_epochs is larger than train.epochs")
+        if self.optim.min_lr > self.optim.lr:
+            raise ValueError(f"optim.min_lr ({self.optim.min_lr}) is larger than optim.lr ({self.optim.lr})")
         return self
 
     def to_dict(self) -> dict[str, Any]:
@@ -254,8 +296,7 @@ def load_config(
         path = Path(path)
         if not path.is_file():
             raise FileNotFoundError(f"config file not found: {path}")
-        text = path.read_text()
-        raw = tomllib.loads(text) if path.suffix == ".toml" else (yaml.safe_load(text) or {})
+        raw = _read_config_file(path)
         if not isinstance(raw, dict):
             raise ValueError(f"{path}: a config must be a mapping with sections model/data/optim/train/eval")
         root = path.resolve().parent
@@ -271,7 +312,38 @@ def load_config(
         for part in key.split("."):
             node = node[part]
         _set_dotted(raw, key, node)
-    return Config.model_validate(raw)
+    try:
+        return Config.model_validate(raw)
+    except ValidationError as err:
+        raise ConfigError(_describe(err)) from None
+
+
+class ConfigError(ValueError):
+    """A run configuration that cannot be used; the message names every bad field, one per line."""
+
+
+def _describe(err: ValidationError) -> str:
+    """``data.input_size: must be a positive number of pixels, got 0`` per problem (pydantic's own
+    text carries a class name, a documentation link and a "Value error," prefix)."""
+    lines = []
+    for problem in err.errors():
+        where = ".".join(str(part) for part in problem["loc"]) or "config"
+        message = problem["msg"].removeprefix("Value error, ")
+        lines.append(f"{where}: {message}")
+    return "invalid config: " + ("; ".join(lines) if len(lines) == 1 else "\n  " + "\n  ".join(lines))
+
+
+def _read_config_file(path: Path) -> Any:
+    """The YAML/TOML mapping in ``path``; ``ConfigError`` with the parser's reason if it is not one."""
+    try:
+        text = path.read_text(encoding="utf-8")
+        return tomllib.loads(text) if path.suffix == ".toml" else (yaml.safe_load(text) or {})
+    except (UnicodeDecodeError, yaml.YAMLError, tomllib.TOMLDecodeError) as err:
+        raise ConfigError(f"{path}: not a valid {'TOML' if path.suffix == '.toml' else 'YAML'} file ({err})") from None
+    except RecursionError:
+        raise ConfigError(f"{path}: nested too deeply to be a run config") from None
+    except OSError as err:
+        raise ConfigError(f"{path}: cannot be read ({err.strerror or err})") from None
 
 
 def validate_device(device: str | None) -> None:

@@ -223,7 +223,7 @@ def _previous_outputs(out: Path) -> dict[str, str]:
         for row in payload.get("results", []):
             for written in (row.get("files") or {}).values():
                 previous[os.path.realpath(written)] = os.path.realpath(row.get("path", ""))
-    except (OSError, ValueError, AttributeError, TypeError):
+    except (OSError, ValueError, AttributeError, TypeError, RecursionError):  # not ours, or damaged: no claim
         previous = {}
     return {**previous, **journal_outputs(out)}
 

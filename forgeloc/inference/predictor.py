@@ -114,6 +114,8 @@ class Prediction:
     verdict: str | None = None
     #: What this model is and how far it has been validated, in one line (see :func:`model_label`).
     model_label: str = ""
+    #: How the file was read, when the user should know (``"animated GIF: frame 1 of 12 analysed"``).
+    notes: list[str] = field(default_factory=list)
 
     @functools.cached_property
     def mask(self) -> np.ndarray:
@@ -162,6 +164,7 @@ class Prediction:
             "streams": list(self.streams),
             "fused": list(self.fused),
             **({"cues": {k: c.to_dict() for k, c in self.cues.items()}} if self.cues else {}),
+            **({"notes": list(self.notes)} if self.notes else {}),
         }
 
     def save(self, folder: str | Path, stem: str | None = None, write_json: bool = True) -> dict[str, str]:
@@ -345,17 +348,20 @@ def load_image_input(item: Any, max_pixels: int = DEFAULT_MAX_PIXELS, name: str 
     rgb = read_image(data, max_pixels=max_pixels, name=where)
     from PIL import Image
 
-    fmt, orientation = None, 1
+    from forgeloc.data.io import count_frames, frames_note
+
+    fmt, orientation, notes = None, 1, ()
     try:
         with warnings.catch_warnings():  # "Corrupt EXIF data" is not the user's concern here
             warnings.simplefilter("ignore")
             with Image.open(io.BytesIO(data)) as img:  # header only: decoding already succeeded above
                 fmt = img.format
                 orientation = int(img.getexif().get(0x0112, 1) or 1)
+                notes = tuple(n for n in [frames_note(fmt, count_frames(img))] if n)  # GIF: frame 1 of N
     except Exception:  # a header Pillow parsed once cannot fail here; stay safe for odd EXIF
         pass
     return ImageInput(rgb=rgb, data=data, format=fmt, orientation=orientation if 1 <= orientation <= 8 else 1,
-                      name=where)
+                      name=where, notes=notes)
 
 
 
@@ -813,6 +819,7 @@ class Predictor:
                 source=_describe(item)[1], mode=chosen, score_source=source, model=self.model_name,
                 windows=windows, streams=streams, cues=cues, fused=fused,
                 verdict=verdict_for(score, self.calibration), model_label=self.label, extra=custody,
+                notes=list(im.notes),
             )
 
     # -- native-resolution models (block-grid traces: never resized) -------------------------------

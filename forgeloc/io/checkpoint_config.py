@@ -179,8 +179,9 @@ def _check_config(config: Any, source: Path) -> None:
                 f"not {short_text(size, 60)}"
             )
         mode = recorded_input.get("mode")
-        if mode is not None and not isinstance(mode, str):
-            raise CheckpointError(f"{source}: input.mode must be a string, not {short_text(mode, 60)}")
+        if mode is not None and mode not in (*INPUT_MODES, "native"):  # "zoom" must not quietly run as resize
+            raise CheckpointError(f"{source}: input.mode must be 'resize', 'pad' or 'native' (a model that reads "
+                                  f"whole photos), not {short_text(mode, 60)}")
     threshold = config.get("threshold")
     if threshold is not None and (
         isinstance(threshold, bool) or not isinstance(threshold, (int, float)) or not math.isfinite(threshold)

@@ -12,7 +12,7 @@ import torch
 
 from forgeloc.io.errors import CheckpointError, short_text
 from forgeloc.io.files import MODEL_FILE, read_safetensors
-from forgeloc.io.unpickle import InertObject, read_checkpoint_object
+from forgeloc.io.unpickle import InertObject, kind_of, read_checkpoint_object
 
 __all__ = ["KeyReport", "WeightsMismatchError", "check_finite", "extract_state_dict", "load_state_dict_file"]
 
@@ -88,7 +88,7 @@ def _extract_state_dict(obj: Any, source: str) -> dict[str, torch.Tensor]:
         if _is_state_dict(obj):
             return _strip_prefix(dict(obj))
         if not isinstance(obj, Mapping):
-            raise CheckpointError(f"{source}: holds a {type(obj).__name__}, not a state dict or a model")
+            raise CheckpointError(f"{source}: holds a {kind_of(obj)}, not a state dict or a model")
         key = next((k for k in _STATE_DICT_KEYS if k in obj), None)
         if key is None:
             tensor_free = [short_text(k, 40) for k, v in obj.items() if not isinstance(v, torch.Tensor)]

@@ -110,6 +110,14 @@ class InertObject:
         return f"<inert {self.qualname}>"
 
 
+def kind_of(value: Any) -> str:
+    """How messages name what a value is: for a placeholder, the class the pickle named
+    (``"pickled vanishing.Thing"``), never the placeholder's own class name."""
+    if isinstance(value, InertObject):
+        return f"pickled {value.qualname}"
+    return type(value).__name__
+
+
 _INERT_CLASSES: dict[str, type] = {}
 
 
@@ -287,7 +295,7 @@ class _RestrictedUnpickler(_PyUnpickler):
         # Module placeholders and OrderedDicts (a state dict's ``_metadata``) take a state in genuine
         # checkpoints; a tensor's __setstate__ would call set_() and resize its storage.
         if not isinstance(inst, (InertObject, collections.OrderedDict)):
-            raise pickle.UnpicklingError(f"the pickle sets the state of a {type(inst).__name__}")
+            raise pickle.UnpicklingError(f"the pickle sets the state of a {kind_of(inst)}")
         parts = state if isinstance(state, tuple) else (state,)
         self._spend(sum(_sized(p) for p in parts))
         _PyUnpickler.load_build(self)
@@ -325,7 +333,7 @@ class _RestrictedUnpickler(_PyUnpickler):
             for value in (*args, *kwargs.values()):
                 if isinstance(value, (torch.Tensor, InertObject)):
                     raise pickle.UnpicklingError(
-                        f"the pickle applies {getattr(fn, '__name__', 'a builtin')} to a {type(value).__name__}"
+                        f"the pickle applies {getattr(fn, '__name__', 'a builtin')} to a {kind_of(value)}"
                     )
                 self._spend(_sized(value))
             return fn(*args, **kwargs)
@@ -418,7 +426,7 @@ class _RestrictedUnpickler(_PyUnpickler):
 
     def _tensor(self, storage: Any, offset: Any, size: Any, stride: Any, name: str) -> Any:
         if not isinstance(storage, torch.Tensor):
-            raise pickle.UnpicklingError(f"a tensor over a {type(storage).__name__}, not a storage")
+            raise pickle.UnpicklingError(f"a tensor over a {kind_of(storage)}, not a storage")
         size, stride = self._dims(size, "size"), self._dims(stride, "stride")
         if len(size) != len(stride) or not _is_int(offset) or not 0 <= offset < 2**63:
             raise pickle.UnpicklingError(f"a tensor with size {size}, stride {stride} and offset {short_text(offset)}")
