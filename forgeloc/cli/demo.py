@@ -23,7 +23,7 @@ def demo(
     from rich.markup import escape
     from rich.table import Table
 
-    from forgeloc.cli.predict import check_output_folder
+    from forgeloc.cli.common import check_output_folder
     from forgeloc.data.examples import make_examples
     from forgeloc.extras import install_hint
     from forgeloc.inference.predictor import load

@@ -6,9 +6,7 @@ model is loaded, shows a progress bar and turns how the run ended into messages 
 
 from __future__ import annotations
 
-import contextlib
 import datetime
-import os
 import sys
 import time
 from pathlib import Path
@@ -16,7 +14,7 @@ from typing import Any
 
 import typer
 
-from forgeloc.cli.common import check_threshold_and_device, console, fail, say, set_threads
+from forgeloc.cli.common import check_output_folder, check_threshold_and_device, console, fail, say, set_threads
 
 # The library's names, re-exported: this module was their home before forgeloc.inference.batch.
 from forgeloc.data.files import expand_inputs
@@ -28,46 +26,6 @@ __all__ = [
     "CSV_COLUMNS", "FLUSH_MAX_SHARE", "FLUSH_SECONDS", "OUTPUT_SUFFIXES", "RUN_FILES", "check_output_folder",
     "expand_inputs", "output_files", "output_stems", "parse_cues", "predict",
 ]
-
-
-def _ancestor_file(path: Path) -> Path | None:
-    """The first existing non-folder among ``path``'s parents (what makes ``mkdir -p`` impossible)."""
-    for parent in reversed(path.absolute().parents):
-        if parent.exists() and not parent.is_dir():
-            return parent
-    return None
-
-
-def check_output_folder(out: Path, option: str = "--out", create: bool = True) -> None:
-    """Make sure ``out`` is (or can become) a writable folder; otherwise a one-line error.
-
-    With ``create=False`` only what can be seen without writing is checked (a file in the way);
-    with ``create=True`` the folder is created and a probe file written and removed.
-    """
-    if out.exists() and not out.is_dir():
-        fail(f"{option} {out} is a file, not a folder")
-    if out.is_symlink() and not out.exists():
-        from forgeloc.data.files import broken_link
-
-        fail(f"{option} {out}: {broken_link(out)}")
-    blocker = _ancestor_file(out)
-    if blocker is not None:
-        fail(f"{option} {out}: {blocker} is a file, so no folder can be made under it")
-    if not create:
-        return
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-    except OSError as err:
-        fail(f"{option} {out}: cannot create the folder ({err.strerror or err})")
-    probe = out / f".forgeloc-write-test-{os.getpid()}"
-    try:
-        with open(probe, "wb"):
-            pass
-    except OSError as err:
-        fail(f"{option} {out} is not writable ({err.strerror or err})")
-    finally:
-        with contextlib.suppress(OSError):
-            probe.unlink(missing_ok=True)
 
 
 # Long only by its option declarations (typer reads them from the signature); the body is named steps.
@@ -149,7 +107,7 @@ def predict(
     if inputs and detector == "default" and _looks_like_checkpoint(inputs[0]) and len(inputs) > 1:
         detector, inputs = inputs[0], inputs[1:]
     cue_names = parse_cues(cues)
-    fuse_names = parse_cues(fuse)
+    fuse_names = parse_cues(fuse, "--fuse")
     check_output_folder(out, create=False)
     plan = BatchPlan.from_inputs(inputs, out, recursive)
     _refuse_input_collisions(plan)  # before the model is loaded: a mistake costs no waiting
@@ -206,7 +164,7 @@ def _start(run: BatchPrediction) -> None:
     except OutputFolderError as err:
         fail(str(err), code=1)
     for note in run.notes:
-        console.print(f"[yellow]note:[/yellow] {note}", highlight=False, soft_wrap=True)
+        say(note, "note:", "yellow")
     if run.already_done:
         console.print(f"{run.already_done} image(s) already done by an earlier run of this command; "
                       f"{len(run.todo)} left", highlight=False)
@@ -293,8 +251,8 @@ def _warn_foreign_outputs(plan: BatchPlan, selection: range) -> None:
     foreign = plan.foreign_outputs(selection)
     if foreign:
         shown = ", ".join(p.name for p in foreign[:5]) + (f" and {len(foreign) - 5} more" if len(foreign) > 5 else "")
-        console.print(f"[yellow]warning:[/yellow] {len(foreign)} existing file(s) in {plan.out} that are not earlier "
-                      f"outputs of the same images will be replaced: {shown}", highlight=False, soft_wrap=True)
+        say(f"{len(foreign)} existing file(s) in {plan.out} that are not earlier outputs of the same images will be "
+            f"replaced: {shown}", "warning:", "yellow")
 
 
 #: A time estimate is printed when the first windows say the run will take at least this long (seconds).
@@ -358,7 +316,7 @@ class WindowProgress:
 
     def on_result(self, item: Any) -> None:
         if item.failure is not None:
-            self.bar.console.print(f"[red]skipped[/red] {item.path}: {item.failure['error']}", highlight=False)
+            say(f"{item.path}: {item.failure['error']}", "skipped", "red", out=self.bar.console)
         self.current = item.processed
         self.bar.update(self.task, completed=self.before[min(item.processed, len(self.files))],
                         images=f"{item.processed}/{len(self.files)} images")
@@ -452,7 +410,7 @@ def _looks_like_checkpoint(item: str) -> bool:
     return path.is_file() and path.suffix.lower() in (".safetensors", ".pth", ".pt", ".bin", ".ckpt")
 
 
-def parse_cues(text: str | None) -> list[str] | None:
+def parse_cues(text: str | None, option: str = "--cues") -> list[str] | None:
     """``--cues`` / ``--fuse``: detector names, comma-separated (``all`` for every one); a one-line
     error names unknown ones."""
     from forgeloc.detectors import CUES
@@ -464,7 +422,7 @@ def parse_cues(text: str | None) -> list[str] | None:
         return sorted(CUES)
     unknown = [n for n in names if n not in CUES]
     if unknown:
-        fail(f"--cues: unknown detector(s) {', '.join(unknown)}; training-free detectors: {', '.join(sorted(CUES))}")
+        fail(f"{option}: unknown detector(s) {', '.join(unknown)}; training-free detectors: {', '.join(sorted(CUES))}")
     return names
 
 

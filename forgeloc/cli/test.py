@@ -30,7 +30,7 @@ def test(
 
     Example: forgeloc test -k runs/quickstart -d coverage=/data/coverage.json -d CASIAv1=/data/CASIA1
     """
-    from forgeloc.cli.predict import check_output_folder
+    from forgeloc.cli.common import check_output_folder
     from forgeloc.data.datasets import DatasetError
     from forgeloc.engine.testing import run_test
     from forgeloc.io import CheckpointError
