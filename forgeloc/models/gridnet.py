@@ -150,7 +150,9 @@ def lattice_features(coef: torch.Tensor) -> torch.Tensor:
     c = coef[:, idx]  # (B,15,h,w)
     B, n, h, w = c.shape
     q = c.new_tensor(Q_STEPS).view(1, 1, -1, 1, 1)
-    if c.requires_grad:  # the features of coefficients that carry gradients (never the data's)
+    # The same values as a formula: for coefficients that carry gradients (never the data's), and
+    # when traced for ONNX (the tracer does not follow writes into views of a fresh buffer).
+    if c.requires_grad or torch.jit.is_tracing():
         ratio = c.unsqueeze(2) / q
         lattice = torch.cos(2 * math.pi * ratio) * (ratio.abs() >= 0.5).to(c.dtype)
         return torch.cat([lattice.flatten(1, 2), torch.log1p(c.abs())], dim=1)
