@@ -192,3 +192,31 @@ def test_deeply_nested_json_list_is_a_dataset_problem(tmp_path: Path) -> None:
     (tmp_path / "deep.json").write_text("[" * 100_000 + "]" * 100_000)
     with pytest.raises(DatasetError, match="nested too deeply"):
         load_records(tmp_path / "deep.json")
+
+
+def test_a_model_that_outputs_nan_is_a_clear_error_never_a_nan_score(tmp_path):
+    """Item 11, outputs: finite weights can still give NaN (an overflow, a bad fp16 run)."""
+    import numpy as np
+    import torch
+    from PIL import Image
+
+    from forgeloc.inference.batch import predict_files
+    from forgeloc.inference.predictor import Predictor
+    from forgeloc.models.base import ForgeryModel
+
+    class Broken(ForgeryModel):
+        def forward(self, batch):
+            image = self.require_image(batch)
+            return {"pred_mask": torch.full_like(image[:, :1], float("nan"))}
+
+    predictor = Predictor(Broken(), input_size=32)
+    photo = tmp_path / "a.png"
+    Image.fromarray(np.zeros((40, 40, 3), np.uint8)).save(photo)
+    with pytest.raises(FloatingPointError, match="NaN or infinite"):
+        predictor.predict(photo)
+    with pytest.raises(FloatingPointError):
+        predict_files(predictor, [photo], tmp_path / "out", report=False)
+    saved = tmp_path / "out" / "results.json"
+    if saved.exists():  # what was saved before the stop is valid JSON, with no NaN in it
+        payload = json.loads(saved.read_text(), parse_constant=lambda c: pytest.fail(f"{c} in results.json"))
+        assert payload["results"] == []

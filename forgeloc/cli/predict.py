@@ -381,7 +381,7 @@ def _report_stop(run: BatchPrediction, error: BaseException) -> None:
     if isinstance(error, KeyboardInterrupt):
         say(f"{done}; {where}", "interrupted", "bold red")
         raise typer.Exit(130)
-    if isinstance(error, OutputFolderError):
+    if isinstance(error, (OutputFolderError, FloatingPointError)):  # the folder failed, or the model gave NaN
         fail(f"{error}; stopped {done}; {where}", code=1)
     say(f"{done}; {where}", "stopped by an error", "bold red")
     raise error

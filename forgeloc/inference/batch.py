@@ -140,8 +140,8 @@ class ResultsWriter:
         from forgeloc.io import atomic_write
 
         payload = {"info": info, "results": self.rows, "failures": self.failures}
-        atomic_write(self.out / "results.json",
-                     lambda tmp: tmp.write_text(json.dumps(payload, indent=2), encoding="utf-8"))
+        text = json.dumps(payload, indent=2, allow_nan=False)  # a NaN is a bug, never a silent "NaN" in the file
+        atomic_write(self.out / "results.json", lambda tmp: tmp.write_text(text, encoding="utf-8"))
         atomic_write(self.out / "results.csv", self._write_csv)
 
     def _write_csv(self, tmp: Path) -> None:

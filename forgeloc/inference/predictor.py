@@ -638,10 +638,19 @@ class Predictor:
             if pred.ndim != 4 or pred.shape[1] != 1 or tuple(pred.shape[-2:]) != tuple(batch.shape[-2:]):
                 raise RuntimeError(f"{self.model_name} returned pred_mask of shape {tuple(pred.shape)} for input "
                                    f"{tuple(batch.shape)}; the contract is (B, 1, H, W) at input resolution")
-            probs = pred[:, 0].float().clamp(0.0, 1.0).cpu().numpy()
+            probs = self._finite(pred[:, 0]).clamp(0.0, 1.0).cpu().numpy()
             label = out.get("pred_label")
-            labels = label.float().reshape(-1).cpu().numpy() if isinstance(label, torch.Tensor) else None
+            labels = self._finite(label).reshape(-1).cpu().numpy() if isinstance(label, torch.Tensor) else None
         return probs, labels
+
+    def _finite(self, output: torch.Tensor) -> torch.Tensor:
+        """``output`` as float32, or a clear error when the model produced NaN or infinity (a NaN
+        map would read as "nothing flagged", and a NaN score is not even valid JSON)."""
+        output = output.float()
+        if not bool(torch.isfinite(output).all()):
+            raise FloatingPointError(f"{self.model_name} produced NaN or infinite values for this image: its output "
+                                     "cannot be trusted (check the weights, or run without --amp)")
+        return output
 
     def _reduce(self, prob: np.ndarray) -> float:
         if self.image_score == "max":
@@ -848,7 +857,7 @@ class Predictor:
                      "dct_valid": torch.ones(1, dtype=torch.bool, device=self.device)}
         with torch.inference_mode(), autocast_context(self.device, self.amp):
             pred = self.model(batch)["pred_mask"]
-        return pred[0, 0].float().clamp(0.0, 1.0).cpu().numpy()
+        return self._finite(pred[0, 0]).clamp(0.0, 1.0).cpu().numpy()
 
     def _predict_native(self, image: ImageInput,
                         progress: ProgressFn = _no_progress) -> tuple[np.ndarray, float, str, int, list[str]]:

@@ -580,6 +580,8 @@ class _Site:
                                f"{self.predictor.max_pixels / 1e6:g} MP per image (forgeloc serve --max-pixels)")
         except ImageReadError as err:
             return _error(415, f"not an image: {name} {err.reason}")
+        except FloatingPointError as err:  # the model's output is NaN: say so, never a score of NaN
+            return _error(500, f"{name}: {err}")
         if payload is None:  # the client left: nobody to answer
             return Response(status_code=400)
         job.state = "done"
