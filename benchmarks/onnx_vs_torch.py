@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import statistics
 import sys
 import tempfile
@@ -31,22 +30,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-
-def _cpu() -> dict[str, str]:
-    info = {"machine": platform.machine()}
-    try:
-        text = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return info
-    for line in text.splitlines():
-        key, _, value = line.partition(":")
-        if key.strip() == "model name":
-            info["model"] = value.strip()
-        if key.strip() == "flags":
-            flags = set(value.split())
-            info["flags"] = " ".join(f for f in ("avx2", "avx512f", "avx512_bf16", "amx_tile") if f in flags)
-            break
-    return info
+from forgeloc.engine.bench import cpu_info
 
 
 def _predictor(name: str):
@@ -124,7 +108,7 @@ def main(argv: list[str] | None = None) -> None:
     torch.set_num_threads(args.threads)
     import onnxruntime
 
-    header = {"cpu": _cpu(), "torch": torch.__version__, "onnxruntime": onnxruntime.__version__,
+    header = {"cpu": cpu_info(), "torch": torch.__version__, "onnxruntime": onnxruntime.__version__,
               "threads": args.threads, "python": sys.version.split()[0]}
     print(json.dumps(header), flush=True)
     rows = [bench_model(name, args.threads, args.batches, args.repeats) for name in args.models]

@@ -21,30 +21,12 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
-
-
-def _cpu() -> dict[str, str]:
-    info = {"machine": platform.machine()}
-    try:
-        text = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return info
-    for line in text.splitlines():
-        key, _, value = line.partition(":")
-        if key.strip() == "model name":
-            info["model"] = value.strip()
-        if key.strip() == "flags":
-            flags = set(value.split())
-            info["flags"] = " ".join(f for f in ("avx2", "avx512f", "avx512_bf16", "amx_tile") if f in flags)
-            break
-    return info
 
 
 def make_12mp_jpeg(folder: Path) -> Path:
@@ -100,6 +82,8 @@ def main() -> None:
 
     import torch
 
+    from forgeloc.engine.bench import cpu_info
+
     torch.set_num_threads(args.threads)
     with tempfile.TemporaryDirectory() as tmp:
         photos = args.photo or [make_12mp_jpeg(Path(tmp))]
@@ -109,7 +93,7 @@ def main() -> None:
             with Image.open(photo) as im:
                 size = im.size
             row = {"photo": photo.name, "size": f"{size[0]}x{size[1]}", "megapixels": round(size[0] * size[1] / 1e6, 1),
-                   "detector": args.detector, "threads": args.threads, "torch": torch.__version__, "cpu": _cpu(),
+                   "detector": args.detector, "threads": args.threads, "torch": torch.__version__, "cpu": cpu_info(),
                    **in_process(photo, args.detector, args.repeat)}
             if not args.no_fresh:
                 row["fresh_process_s"] = fresh_process(photo, args.detector, args.repeat, args.threads)

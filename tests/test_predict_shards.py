@@ -20,9 +20,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import typer
 from PIL import Image
-from test_predict import make_tiny_checkpoint
+from test_predict import _cli, make_tiny_checkpoint
 from typer.testing import CliRunner
 
 import forgeloc
@@ -46,19 +45,6 @@ def _photos(folder: Path, n: int, side: int = 40) -> list[Path]:
         Image.fromarray(rng.integers(0, 256, (side + 3 * i, side + 12, 3), dtype=np.uint8)).save(path)
         paths.append(path)
     return paths
-
-
-def _cli() -> typer.Typer:
-    from forgeloc.cli import predict as predict_command
-
-    app = typer.Typer()
-
-    @app.callback()
-    def _root() -> None:
-        pass
-
-    predict_command.register(app)
-    return app
 
 
 def _predict(*args: object, code: int = 0) -> str:

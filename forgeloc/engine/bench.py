@@ -62,6 +62,32 @@ def _sdpa_flops(inputs: list[Any], outputs: list[Any]) -> int:
     return batch * n * m * (d_qk + d_v)
 
 
+#: The instruction-set flags that decide which CPU kernels run (recorded with every measurement).
+CPU_FLAGS = ("avx2", "avx512f", "avx512_bf16", "amx_tile")
+
+
+def cpu_info() -> dict[str, str]:
+    """The CPU's model name and the :data:`CPU_FLAGS` it has (Linux ``/proc/cpuinfo``; elsewhere
+    only the machine type)."""
+    import platform
+    from pathlib import Path
+
+    info = {"machine": platform.machine()}
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return info
+    for line in text.splitlines():
+        key, _, value = line.partition(":")
+        if key.strip() == "model name":
+            info["model"] = value.strip()
+        if key.strip() == "flags":
+            flags = set(value.split())
+            info["flags"] = " ".join(f for f in CPU_FLAGS if f in flags)
+            break
+    return info
+
+
 def count_flops(model: nn.Module, size: int, batch: int = 1) -> float:
     """fvcore FLOPs of one forward at ``batch × 3 × size × size`` (fused multiply-add = 1)."""
     from fvcore.nn import FlopCountAnalysis
@@ -173,7 +199,7 @@ def measure(
     result: dict[str, Any] = {
         "model": name, "device": str(dev), "batch": batch, "size": size, "mode": "train" if train else "inference",
         "amp": amp, "channels_last": channels_last, "compile": compile, "threads": torch.get_num_threads(),
-        "torch": torch.__version__, "params": n_params,
+        "torch": torch.__version__, "params": n_params, "cpu": cpu_info(),
     }
     if dev.type == "cpu":  # where the float32 Linear GEMMs ran (forgeloc.models.fast_cpu.linear)
         from forgeloc.models.fast_cpu import cpu_linear_backend
