@@ -9,6 +9,7 @@ goes through libjpeg via `jpeglib <https://pypi.org/project/jpeglib/>`_ (an opti
 
 from __future__ import annotations
 
+import functools
 import os
 import tempfile
 from dataclasses import dataclass
@@ -62,9 +63,16 @@ def read_jpeg_stream(data: bytes) -> JpegStream:
     """Read the DCT coefficients and quantization tables of a JPEG given as bytes.
 
     Raises :class:`JpegStreamError` when the bytes are not a readable baseline/progressive JPEG.
+    The last two files read are kept: the default detector and the JPEG cues read the same photo's
+    stream three times (a third of a second each at 12 MP). Their arrays are read-only.
     """
     if not data.startswith(b"\xff\xd8"):
         raise JpegStreamError("not a JPEG file (no SOI marker)")
+    return _read_jpeg_stream(bytes(data))
+
+
+@functools.lru_cache(maxsize=2)
+def _read_jpeg_stream(data: bytes) -> JpegStream:
     jpeglib = _require_jpeglib()
     # jpeglib reads from a path only; the temporary file lives in memory-backed storage where
     # available and is removed at once.
@@ -85,8 +93,11 @@ def read_jpeg_stream(data: bytes) -> JpegStream:
             raise JpegStreamError(f"unreadable JPEG stream: {err}") from None
     qt_y = qt[tbl[0]].astype(np.int32)
     qt_c = qt[tbl[1]].astype(np.int32) if cb is not None and len(tbl) > 1 and tbl[1] < len(qt) else None
-    return JpegStream(y=y.astype(np.int16), qt_y=qt_y, cb=cb, cr=cr, qt_c=qt_c, height=height, width=width,
-                      progressive=progressive)
+    y = y.astype(np.int16)
+    for array in (y, qt_y, cb, cr, qt_c):  # shared by every caller of the cache: nobody may change them
+        if array is not None:
+            array.flags.writeable = False
+    return JpegStream(y=y, qt_y=qt_y, cb=cb, cr=cr, qt_c=qt_c, height=height, width=width, progressive=progressive)
 
 
 def blocks_to_plane(blocks: np.ndarray) -> np.ndarray:
