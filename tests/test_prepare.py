@@ -535,8 +535,9 @@ def test_end_to_end_prepare_train_test_compare(tmp_path: Path) -> None:
     cfg = load_config(repo / "configs" / "protocol_mvss" / "mesorch.yaml", [
         # a tiny model instead of Mesorch: neither its options nor Mesorch's ImageNet backbone paths
         "model.name=unet_baseline_tiny", "model.kwargs={}", "model.pretrained={}", "data.input_size=64",
-        "data.num_workers=0", "data.augment=none", "train.epochs=1", "train.batch_size=2", "train.accum_steps=1", "train.eval_every=1",
-        "train.tensorboard=false", "optim.warmup_epochs=0", f"train.output_dir={tmp_path / 'run'}"])
+        "data.num_workers=0", "data.augment=none", "train.epochs=1", "train.batch_size=2", "train.accum_steps=1",
+        "train.eval_every=1", "train.tensorboard=false", "optim.warmup_epochs=0",
+        f"train.output_dir={tmp_path / 'run'}"])
     assert [Path(e.path) for e in cfg.data.train] == [repo / "data" / "CASIAv2"]
     result = train(cfg, device="cpu")
     assert result.final_metrics["CASIAv1"]["n_tampered"] == 2 and result.final_metrics["CASIAv1"]["n_authentic"] == 2
