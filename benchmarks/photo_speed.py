@@ -10,6 +10,12 @@ Two numbers per photo:
 ::
 
     python benchmarks/photo_speed.py --threads 2 [--photo PATH ...] [--detector default]
+    python benchmarks/photo_speed.py --threads 2 --photo PATH --model sparsevit --mode tile --no-fresh
+
+``--model NAME`` times a paper model, which forgeloc ships without weights: it carries the parity
+fixtures' deterministic weights (``tests/parity_weights.py``); the time does not depend on them.
+``--mode`` is ``predict``'s (``auto``: what forgeloc chooses; ``tile``: 512² windows, 50 % overlap;
+``resize``: one 512² pass), and the JSON line gives the window count.
 
 Without ``--photo`` a 12-megapixel JPEG (4000×3000, quality 90) is made from scikit-image's
 bundled photo, upscaled (so its content is smooth; the timing does not depend on content much).
@@ -41,19 +47,32 @@ def make_12mp_jpeg(folder: Path) -> Path:
     return path
 
 
-def in_process(photo: Path, detector: str, repeat: int) -> dict[str, float]:
+def _predictor(detector: str, model: str | None):
     import forgeloc
 
+    if model is None:
+        return forgeloc.load(None if detector == "default" else detector)
+    from forgeloc.inference.predictor import Predictor
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+    from parity_weights import parity_state_dict
+
+    net = forgeloc.create_model(model)
+    net.load_state_dict(parity_state_dict(net.state_dict()))
+    return Predictor(net)
+
+
+def in_process(photo: Path, detector: str, repeat: int, model: str | None = None, mode: str = "auto") -> dict:
     start = time.perf_counter()
-    predictor = forgeloc.load(None if detector == "default" else detector)
+    predictor = _predictor(detector, model)
     load_s = time.perf_counter() - start
-    predictor.predict(photo)  # warm-up
+    predictor.predict(photo, mode=mode)  # warm-up
     times = []
     for _ in range(repeat):
         start = time.perf_counter()
-        result = predictor.predict(photo)
+        result = predictor.predict(photo, mode=mode)
         times.append(time.perf_counter() - start)
-    return {"load_s": round(load_s, 3), "predict_s": round(statistics.median(times), 3),
+    return {"load_s": round(load_s, 3), "predict_s": round(statistics.median(times), 3), "mode": result.mode,
             "windows": result.windows, "streams": ",".join(result.streams)}
 
 
@@ -78,6 +97,8 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--no-fresh", action="store_true", help="skip the fresh-process timing")
+    parser.add_argument("--model", help="a paper model with deterministic weights, instead of --detector")
+    parser.add_argument("--mode", default="auto", choices=("auto", "resize", "tile"))
     args = parser.parse_args()
 
     import torch
@@ -93,9 +114,10 @@ def main() -> None:
             with Image.open(photo) as im:
                 size = im.size
             row = {"photo": photo.name, "size": f"{size[0]}x{size[1]}", "megapixels": round(size[0] * size[1] / 1e6, 1),
-                   "detector": args.detector, "threads": args.threads, "torch": torch.__version__, "cpu": cpu_info(),
-                   **in_process(photo, args.detector, args.repeat)}
-            if not args.no_fresh:
+                   "detector": args.model or args.detector, "threads": args.threads, "torch": torch.__version__,
+                   "cpu": cpu_info(),
+                   **in_process(photo, args.detector, args.repeat, args.model, args.mode)}
+            if not args.no_fresh and args.model is None:
                 row["fresh_process_s"] = fresh_process(photo, args.detector, args.repeat, args.threads)
             print(json.dumps(row))
 
