@@ -99,6 +99,12 @@ def test_multi_frame_files_say_which_frame_was_analysed(predictor, tmp_path: Pat
     prediction = predictor.predict(path)
     assert prediction.notes == [note] and prediction.to_dict()["notes"] == [note]
     json.dumps(prediction.to_dict())
+    from forgeloc.inference.report import render_report, report_entry
+    from forgeloc.inference.shards import decode_entry, encode_entry
+
+    entry = report_entry(prediction)
+    assert decode_entry(json.loads(json.dumps(encode_entry(entry)))).notes == [note]  # a shard's journal keeps it
+    assert f'<dd class="note">{note}</dd>' in render_report([entry], {})
 
 
 def test_single_frame_files_and_camera_mpo_have_no_note(predictor, tmp_path: Path) -> None:

@@ -432,6 +432,7 @@ class ReportEntry:
     sha256_of: str = ""
     file_size: int | None = None
     cues: list[CuePanel] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)  # how the file was read, e.g. "animated GIF: frame 1 of 12"
 
 
 def report_entry(
@@ -481,6 +482,7 @@ def report_entry(
         sha256_of=what,
         file_size=size,
         cues=cue_panels(prediction, cue_side, CUE_QUALITY),
+        notes=list(prediction.notes),
     )
 
 
@@ -698,7 +700,8 @@ def _entry_html(entry: ReportEntry, rank: int, columns: int, files_base: str | o
         f"<dt>model read</dt><dd>{_esc(', '.join(streams.get(s, s) for s in entry.streams))}</dd>"
         f"<dt>heatmap fuses</dt><dd>{_esc(', '.join(entry.fused) or 'nothing')}</dd>"
         f"<dt>score</dt><dd>{entry.score:.4f} (mask threshold {entry.threshold:g})</dd>"
-        "</dl>"
+        + "".join(f'<dt>note</dt><dd class="note">{_esc(note)}</dd>' for note in entry.notes)
+        + "</dl>"
     )
     links = []
     for kind, target in entry.files.items():
