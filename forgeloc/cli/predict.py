@@ -130,7 +130,7 @@ def predict(
     run = BatchPrediction(predictor, plan, mode=mode, batch_size=batch_size, report=report, command=sys.argv,
                           flush_seconds=FLUSH_SECONDS, flush_max_share=FLUSH_MAX_SHARE, shard=chosen, resume=resume)
     _start(run)
-    _run_with_progress(run)
+    _run_with_progress(run, show_bar=not launched or chosen.index == 0)  # under torchrun, rank 0's bar only
     if run.split:
         _finish_shard(run, ranks)
     else:
@@ -344,7 +344,7 @@ class WindowProgress:
                 f"(an estimate from the pace of {counted:,} window(s); training-free cues add to it)", highlight=False)
 
 
-def _run_with_progress(run: BatchPrediction) -> None:
+def _run_with_progress(run: BatchPrediction, show_bar: bool = True) -> None:
     """Run the batch under a progress bar counted in model windows, with an ETA; a stopped run ends
     the command the way its cause asks (Ctrl+C: exit 130; the output folder failing: a one-line
     error; anything else: raised again)."""
@@ -356,7 +356,7 @@ def _run_with_progress(run: BatchPrediction) -> None:
                rp.TextColumn("{task.fields[images]}"), rp.TimeElapsedColumn(), rp.TextColumn("ETA"),
                rp.TimeRemainingColumn())
     try:
-        with rp.Progress(*columns, console=console, transient=False) as progress:
+        with rp.Progress(*columns, console=console, transient=False, disable=not show_bar) as progress:
             todo = [run.plan.files[i] for i in run.todo]  # what is left, not what an earlier run did
             bar = WindowProgress(progress, run.predictor, todo, run.mode)
             if bar.tiled:
