@@ -3,8 +3,8 @@
 Compression cues (double quantization, grid alignment, the default detector's JPEG stream) read
 the file's own coefficients rather than re-transforming decoded pixels: the coefficients are the
 exact integers the encoder wrote, and the quantization table says which steps it used. Decoding
-goes through libjpeg via `jpeglib <https://pypi.org/project/jpeglib/>`_ (an optional extra,
-``pip install forgeloc[jpeg]``).
+goes through libjpeg via `jpeglib <https://pypi.org/project/jpeglib/>`_, a core dependency (the
+default detector reads the stream).
 """
 
 from __future__ import annotations
@@ -54,7 +54,8 @@ def _require_jpeglib():
         import jpeglib
     except ImportError:
         raise ImportError(
-            "reading a JPEG's DCT coefficients needs jpeglib: pip install 'forgeloc[jpeg]'"
+            "reading a JPEG's DCT coefficients needs jpeglib, a dependency of forgeloc that is missing here: "
+            "pip install jpeglib"
         ) from None
     return jpeglib
 
