@@ -353,16 +353,11 @@ def create_app(
     from fastapi import FastAPI, Request
     from fastapi.responses import Response
 
-    if max_upload_mb <= 0:
-        raise ValueError(f"max_upload_mb must be positive, got {max_upload_mb}")
-    if body_timeout_s <= 0 or min_body_rate <= 0:
-        raise ValueError(f"body_timeout_s and min_body_rate must be positive, got {body_timeout_s}, {min_body_rate}")
+    _check_limits(max_upload_mb, body_timeout_s, min_body_rate)
     predictor.max_pixels = int(max_pixels)
     site = _Site(predictor, max_upload_mb=max_upload_mb, display_side=display_side, body_timeout_s=body_timeout_s,
                  min_body_rate=min_body_rate)
-    hosts = None if allowed_hosts is None else {h.lower() for h in allowed_hosts}
-    if hosts is not None and "[::1]" in hosts:
-        hosts.add("::1")
+    hosts = _host_names(allowed_hosts)
 
     @contextlib.asynccontextmanager
     async def lifespan(_app: Any) -> Any:
@@ -405,6 +400,23 @@ def create_app(
         return site.cancel(job)
 
     return app
+
+
+def _check_limits(max_upload_mb: float, body_timeout_s: float, min_body_rate: float) -> None:
+    if max_upload_mb <= 0:
+        raise ValueError(f"max_upload_mb must be positive, got {max_upload_mb}")
+    if body_timeout_s <= 0 or min_body_rate <= 0:
+        raise ValueError(f"body_timeout_s and min_body_rate must be positive, got {body_timeout_s}, {min_body_rate}")
+
+
+def _host_names(allowed_hosts: Iterable[str] | None) -> set[str] | None:
+    """The ``Host`` names to accept, lower-cased (an IPv6 loopback also without its brackets)."""
+    if allowed_hosts is None:
+        return None
+    hosts = {h.lower() for h in allowed_hosts}
+    if "[::1]" in hosts:
+        hosts.add("::1")
+    return hosts
 
 
 def _error(status: int, message: str, *, close: bool = False) -> Any:
