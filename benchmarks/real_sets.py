@@ -54,7 +54,7 @@ def dataset_lists(data: Path, work: Path) -> dict[str, str]:
     """Write one IMDLBenCo-style JSON list per set (absolute paths); return name → list path."""
     lists = {}
     for name, (folder_name, mask_spec) in SETS.items():
-        folder = data / folder_name
+        folder = data.absolute() / folder_name  # a list's relative entries are read against its own folder
         if not folder.is_dir():
             continue
         pairs = [[str(img), str(_mask_for(folder, mask_spec, img.stem, work))]
