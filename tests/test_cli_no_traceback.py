@@ -31,6 +31,7 @@ import torch
 import typer
 from PIL import Image
 from test_bad_inputs import BAD_FILES, _png_header_only  # the suite's corpus of bad image files
+from test_reliability_dataloss import _mask
 from typer.testing import CliRunner
 
 import forgeloc
@@ -51,12 +52,6 @@ def _image(path: Path, size: int = 64, seed: int = 0, **save: object) -> Path:
     return path
 
 
-def _mask(path: Path, size: int = 64) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    m = np.zeros((size, size), np.uint8)
-    m[8:24, 8:24] = 255
-    Image.fromarray(m).save(path)
-    return path
 
 
 def _jpeg_bytes(size: int = 64) -> bytes:
