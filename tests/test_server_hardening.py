@@ -16,7 +16,6 @@ import threading
 import time
 import warnings
 
-import numpy as np
 import pytest
 from PIL import Image
 from test_predict import PixelModel
@@ -29,12 +28,7 @@ pytest.importorskip("uvicorn")
 with warnings.catch_warnings():  # Starlette's notice about httpx vs httpx2 is not ours to fix
     warnings.filterwarnings("ignore", message="Using `httpx` with `starlette.testclient`")
     from fastapi.testclient import TestClient
-
-
-def _png(h: int, w: int, seed: int = 0) -> bytes:
-    buf = io.BytesIO()
-    Image.fromarray(np.random.default_rng(seed).integers(0, 256, (h, w, 3), dtype=np.uint8)).save(buf, "PNG")
-    return buf.getvalue()
+from test_serve import _png  # noqa: E402  (after the optional-dependency checks above)
 
 
 def _wait_for(condition, timeout: float = 10.0, what: str = "condition") -> None:

@@ -704,19 +704,7 @@ def make_server(
     return uvicorn.Server(uvicorn.Config(app, **options))
 
 
-def serve(
-    predictor: Predictor,
-    host: str = "127.0.0.1",
-    port: int = 8000,
-    *,
-    max_upload_mb: float = DEFAULT_MAX_UPLOAD_MB,
-    max_pixels: int = DEFAULT_MAX_PIXELS,
-    body_timeout_s: float = DEFAULT_BODY_TIMEOUT_S,
-    min_body_rate: float = DEFAULT_MIN_BODY_RATE,
-    extra_hosts: Iterable[str] = (),
-    log_level: str = "info",
-) -> None:
-    """Run the page with uvicorn (one process) until interrupted (see :func:`make_server`)."""
-    make_server(predictor, host, port, max_upload_mb=max_upload_mb, max_pixels=max_pixels,
-                body_timeout_s=body_timeout_s, min_body_rate=min_body_rate, extra_hosts=extra_hosts,
-                log_level=log_level).run()
+def serve(predictor: Predictor, host: str = "127.0.0.1", port: int = 8000, **options: Any) -> None:
+    """Run the page with uvicorn (one process) until interrupted; ``options`` are
+    :func:`make_server`'s (upload and pixel limits, body deadline, extra ``Host`` names, log level)."""
+    make_server(predictor, host, port, **options).run()
