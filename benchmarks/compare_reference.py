@@ -56,6 +56,58 @@ MODELS = ("sparsevit", "mesorch", "mesorch_p")
 TOLERANCE = {"none": 1e-4, "bf16": 5e-2}
 
 
+def _install_torchvision_stand_in() -> None:
+    """Let ``import torchvision`` succeed where it is not installed, for timm's imports only.
+
+    timm (which IMDLBenCo's SparseViT and the Mesorch references import) imports torchvision at
+    module level for its data pipeline and ``FrozenBatchNorm2d``; the three networks' forward
+    passes use none of it. torchvision wheels pin one torch version and weigh gigabytes, so
+    ``--torchvision-stand-in`` puts empty modules in its place: every name in them is a class that
+    raises when it is called or instantiated, so a reference that did use torchvision would fail
+    loudly instead of measuring something else.
+    """
+    import importlib.abc
+    import importlib.machinery
+
+    if importlib.util.find_spec("torchvision") is not None:
+        return
+
+    class _Missing(type):
+        def __getattr__(cls, name: str) -> Any:
+            if name.startswith("__"):
+                raise AttributeError(name)
+            return _missing(f"{cls.__name__}.{name}")
+
+    def _missing(name: str) -> type:
+        def fail(*args: Any, **kwargs: Any) -> None:
+            raise RuntimeError(f"{name} is torchvision's, which this run replaced by a stand-in")
+        return _Missing(name, (), {"__init__": fail, "__call__": fail, "__module__": "torchvision"})
+
+    class _StandIn(types.ModuleType):
+        __path__: list[str] = []
+
+        def __getattr__(self, name: str) -> Any:
+            if name.startswith("__"):
+                raise AttributeError(name)
+            return _missing(f"{self.__name__}.{name}")
+
+    class _Finder(importlib.abc.MetaPathFinder, importlib.abc.Loader):
+        def find_spec(self, fullname: str, path: Any, target: Any = None) -> Any:
+            if fullname == "torchvision" or fullname.startswith("torchvision."):
+                return importlib.machinery.ModuleSpec(fullname, self, is_package=True)
+            return None
+
+        def create_module(self, spec: Any) -> types.ModuleType:
+            module = _StandIn(spec.name)
+            module.__version__ = "0+stand-in"
+            return module
+
+        def exec_module(self, module: types.ModuleType) -> None:
+            pass
+
+    sys.meta_path.insert(0, _Finder())
+
+
 def _register_imdlbenco_without_init() -> None:
     """Make ``IMDLBenCo.<submodule>`` importable without executing the package's ``__init__``."""
     if "IMDLBenCo" in sys.modules:
@@ -112,7 +164,7 @@ def _forward(impl: str, net: Any, image: Any, mask: Any, amp: str = "none") -> t
     return out["pred_mask"].float(), out["loss"].float()
 
 
-def _load(impl: str, model: str, weights: str, mesorch_repo: str | None) -> Any:
+def _load(impl: str, model: str, weights: str, mesorch_repo: str | None, train: bool = False) -> Any:
     import torch
 
     if impl == "reference":
@@ -120,8 +172,12 @@ def _load(impl: str, model: str, weights: str, mesorch_repo: str | None) -> Any:
         net.load_state_dict(torch.load(weights, weights_only=True)["model"], strict=True)
         return net
     from forgeloc import create_model
+    from forgeloc.models.fusion import fuse_for_inference
 
-    return create_model(model, checkpoint=weights)
+    net = create_model(model, checkpoint=weights)
+    if not train:  # inference runs the fused blocks, as Predictor and `forgeloc bench` do
+        fuse_for_inference(net.eval())
+    return net
 
 
 def worker_weights(model: str, weights: str, mesorch_repo: str | None) -> dict[str, Any]:
@@ -164,8 +220,8 @@ def worker_time(impl: str, model: str, weights: str, mesorch_repo: str | None, o
     from forgeloc.engine.bench import time_and_memory
 
     torch.set_num_threads(options["threads"])
-    net = _load(impl, model, weights, mesorch_repo)
     train = options["train"]
+    net = _load(impl, model, weights, mesorch_repo, train)
     amp = options["amp"] if impl == "forgeloc" else "none"  # the reference always runs fp32
     net.train(train)
     build_s = time.perf_counter() - t0
@@ -186,11 +242,19 @@ def worker_time(impl: str, model: str, weights: str, mesorch_repo: str | None, o
                              repeats=options["repeats"])
     result.update(impl=impl, model=model, build_s=round(build_s, 3), threads=torch.get_num_threads(),
                   torch=torch.__version__, mode="train" if train else "inference", amp=amp)
+    if impl == "forgeloc":
+        from forgeloc.models.fast_cpu import cpu_linear_backend
+
+        result["linear_backend"] = cpu_linear_backend()
     return result
 
 
 def _spawn(payload: dict[str, Any]) -> dict[str, Any]:
+    from forgeloc.engine.bench import isa_limit_environment
+
     env = {**os.environ, "PYTHONWARNINGS": "ignore", "OMP_NUM_THREADS": str(payload.get("threads", 2))}
+    if payload.get("isa"):
+        env.update(isa_limit_environment(payload["isa"]))
     proc = subprocess.run([sys.executable, __file__, "--worker", json.dumps(payload)],
                           capture_output=True, text=True, env=env)
     if proc.returncode != 0:
@@ -211,7 +275,8 @@ def compare(models: list[str], mesorch_repo: str | None, options: dict[str, Any]
                 print("mesorch_p: skipped (its reference is only in the official repository; --mesorch-repo)")
                 continue
             weights = os.path.join(tmp, f"{model}.pth")
-            common = {"model": model, "weights": weights, "mesorch_repo": mesorch_repo}
+            common = {"model": model, "weights": weights, "mesorch_repo": mesorch_repo,
+                      "isa": options["isa"], "stand_in": options["torchvision_stand_in"]}
             info = _spawn({"task": "weights", **common})
             parity = _spawn({"task": "parity", **common, "amp": options["amp"]})
             row: dict[str, Any] = {"model": model, **info, **parity,
@@ -280,6 +345,11 @@ def main() -> None:
     parser.add_argument("--train", action="store_true", help="time a training step instead of inference")
     parser.add_argument("--amp", choices=sorted(TOLERANCE), default="none",
                         help="run forgeloc under CPU autocast (the reference stays fp32); outputs then differ slightly")
+    parser.add_argument("--isa", choices=["avx2"],
+                        help="run both sides as on a CPU without AVX-512 (PyTorch's, oneDNN's and MKL's kernels capped)")
+    parser.add_argument("--torchvision-stand-in", action="store_true",
+                        help="where torchvision is not installed, satisfy timm's imports of it with modules that "
+                             "raise on use (the references' forward passes do not use it)")
     parser.add_argument("--json", help="write every measurement here")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -287,8 +357,15 @@ def main() -> None:
     if args.worker:
         payload = json.loads(args.worker)
         task = payload.pop("task")
+        payload.pop("isa", None)  # already applied to this process's environment by _spawn
+        if payload.pop("stand_in", False):
+            _install_torchvision_stand_in()
         common = (payload.pop("model"), payload.pop("weights"), payload.pop("mesorch_repo"))
-        if task == "weights":
+        if task == "cpu":  # what the timed processes saw, instruction-set limits included
+            from forgeloc.engine.bench import cpu_info
+
+            out = cpu_info()
+        elif task == "weights":
             out = worker_weights(*common)
         elif task == "parity":
             out = worker_parity(*common, payload.get("amp", "none"))
@@ -298,11 +375,15 @@ def main() -> None:
         return
 
     options = {"threads": args.threads, "warmup": args.warmup, "repeats": args.repeats,
-               "rounds": args.rounds, "train": args.train, "amp": args.amp}
+               "rounds": args.rounds, "train": args.train, "amp": args.amp, "isa": args.isa,
+               "torchvision_stand_in": args.torchvision_stand_in}
     rows = compare(args.model or list(MODELS), args.mesorch_repo, options)
+    cpu = _spawn({"task": "cpu", "model": "", "weights": "", "mesorch_repo": None, "isa": args.isa})
+    print(f"CPU: {cpu.get('model', cpu['machine'])}; flags {cpu.get('flags', '?')}; "
+          f"limits {cpu.get('isa_limits', 'none')}")
     print(markdown(rows, options))
     if args.json:
-        Path(args.json).write_text(json.dumps({"options": options, "results": rows}, indent=2))
+        Path(args.json).write_text(json.dumps({"options": options, "cpu": cpu, "results": rows}, indent=2))
     if not all(r["outputs_agree"] for r in rows):
         sys.exit(f"outputs disagree beyond {TOLERANCE[args.amp]}: the comparison is void")
 

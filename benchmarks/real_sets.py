@@ -106,6 +106,8 @@ def main() -> None:
                         help="default, a training-free detector name, or a checkpoint folder")
     parser.add_argument("--sets", default=",".join(SETS), help="comma-separated subset of " + ", ".join(SETS))
     parser.add_argument("--out", type=Path, default=Path("results/real_sets"))
+    parser.add_argument("--mode", default="auto", choices=("auto", "resize", "tile"),
+                        help="predict's mode for models with a fixed input size (the paper models)")
     args = parser.parse_args()
 
     from forgeloc.engine.testing import run_photo_test
@@ -117,7 +119,7 @@ def main() -> None:
     results = {"trivial (all tampered)": {name: trivial_row(path) for name, path in lists.items()}}
     for det in args.detector:
         label = Path(det).name if Path(det).exists() else det
-        results[label] = run_photo_test(det, lists, args.out / label.replace("/", "_"))
+        results[label] = run_photo_test(det, lists, args.out / label.replace("/", "_"), mode=args.mode)
     text = summary_markdown(results)
     (args.out / "summary.md").write_text(text)
     (args.out / "summary.json").write_text(json.dumps(results, indent=1, default=float))

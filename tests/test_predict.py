@@ -206,11 +206,11 @@ def test_big_jpeg_tiled_full_resolution_bounded_memory():
     predictor = Predictor(model, device="cpu")
     tracemalloc.start()
     try:
-        result = predictor.predict(path, mode="auto", batch_size=4)
+        result = predictor.predict(path, mode="tile", batch_size=4)
         peak = tracemalloc.get_traced_memory()[1]
     finally:
         tracemalloc.stop()
-    assert result.mode == "tile"  # auto: 3488 > 2 × 512
+    assert result.mode == "tile"
     assert result.heatmap.shape == (2616, 3488) == result.image.shape[:2]
     assert result.windows == 13 * 10  # half-window overlap: stride 256
     assert max(shape[0] for shape in model.calls) == 4
@@ -274,10 +274,14 @@ def test_mask_is_strictly_above_the_threshold():
 
 def test_auto_rule_and_mode_errors():
     predictor = Predictor(PixelModel(), input_size=64)
-    assert predictor.choose_mode(128, 128) == "resize"
-    assert predictor.choose_mode(100, 129) == "tile"
+    # auto feeds a photo as the checkpoint was trained, whatever its size: resized inputs -> resize
+    assert predictor.choose_mode(128, 128) == predictor.choose_mode(4000, 3000) == "resize"
+    assert predictor.choose_mode(10, 10, "tile") == predictor.choose_mode(4000, 3000, "tile") == "tile"
     assert predictor.choose_mode(1000, 1000, "resize") == "resize"
-    assert Predictor(PixelModel(), input_size=64, input_mode="pad").choose_mode(10, 10) == "tile"
+    padded = Predictor(PixelModel(), input_size=64, input_mode="pad")  # padded, never resized -> tile
+    assert padded.choose_mode(10, 10) == padded.choose_mode(4000, 3000) == "tile"
+    assert padded.choose_mode(4000, 3000, "resize") == "resize"
+    assert predictor.describe()["auto_rule"].startswith("resize") and padded.describe()["auto_rule"].startswith("tile")
     with pytest.raises(ValueError, match="mode"):
         predictor.choose_mode(10, 10, "crop")
     assert Predictor(PixelModel(input_size=48), input_size=64).input_size == 48  # a fixed model size wins
@@ -291,11 +295,13 @@ def test_predict_batch_batches_and_keeps_order(tiny_checkpoint):
     predictor._forward = lambda crops: (calls.append(len(crops)), original(crops))[1]
     batch = predictor.predict_batch(images, batch_size=3)
     assert [r.heatmap.shape for r in batch] == [im.shape[:2] for im in images]
-    assert [r.mode for r in batch] == ["resize"] * 5 + ["tile"]
-    # 5 resized images in 2 passes (3 + 2; the tiled one is the sixth); 300×80: 9 × 2 windows in 6 passes of 3.
-    assert calls == [3, 2] + [3] * 6 and batch[-1].windows == 18
-    for image, result in zip(images, batch, strict=True):
-        single = predictor.predict(image)
+    assert [r.mode for r in batch] == ["resize"] * 6  # auto: the checkpoint was trained on resized inputs
+    assert calls == [3, 3]  # 6 resized images in 2 passes of 3
+    calls.clear()
+    tiled = predictor.predict_batch(images[-1:], batch_size=3, mode="tile")
+    assert calls == [3] * 6 and tiled[0].windows == 18 and tiled[0].mode == "tile"  # 300×80: 9 × 2 windows
+    for image, result, mode in zip(images + images[-1:], batch + tiled, ["auto"] * 6 + ["tile"], strict=True):
+        single = predictor.predict(image, mode=mode)
         np.testing.assert_allclose(result.heatmap, single.heatmap, atol=1e-5)
         assert result.score == pytest.approx(single.score, abs=1e-5)
 
@@ -477,7 +483,7 @@ def test_cli_folder_with_corrupt_file_globs_collisions_and_report(tmp_path):
         assert Image.open(row["files"]["overlay"]).size == (row["width"], row["height"])
         assert row["tampered_fraction"] == pytest.approx(float((mask == 255).mean()), abs=1e-6)
     big = payload["results"][-1]
-    assert (big["width"], big["height"], big["mode"]) == (3488, 2616, "tile")
+    assert (big["width"], big["height"], big["mode"]) == (3488, 2616, "resize")  # auto: trained on resized inputs
     csv_lines = (out / "results.csv").read_text().splitlines()
     assert csv_lines[0].startswith("name,path,width,height,score,tampered_fraction,mode,threshold")
     assert len(csv_lines) == 6

@@ -44,8 +44,9 @@ class SlowPixelModel(PixelModel):
 
 
 # -- the library ----------------------------------------------------------------------------------------
-@pytest.mark.parametrize("shape, mode, expected_mode", [((40, 50), "auto", "resize"), ((100, 150), "auto", "tile"),
-                                                        ((20, 150), "tile", "tile"), ((100, 150), "resize", "resize")])
+@pytest.mark.parametrize("shape, mode, expected_mode", [((40, 50), "auto", "resize"), ((100, 150), "auto", "resize"),
+                                                        ((100, 150), "tile", "tile"), ((20, 150), "tile", "tile"),
+                                                        ((100, 150), "resize", "resize")])
 def test_plan_counts_the_windows_predict_runs(shape, mode, expected_mode):
     predictor = Predictor(PixelModel(), input_size=32, cues=["noise"])
     image = np.random.default_rng(0).integers(0, 256, (*shape, 3), dtype=np.uint8)
@@ -75,7 +76,8 @@ def test_plan_reads_only_the_header_and_applies_the_exif_rotation(tmp_path):
     assert image_size(path) == image_size(data) == image_size(stream) == (70, 30)
     assert stream.tell() == 0  # the stream is left where it was, for the prediction to read
     predictor = Predictor(PixelModel(), input_size=32)
-    assert predictor.plan(path).mode == "tile" and predictor.predict(path).height == 70
+    assert predictor.plan(path, "tile").windows == 4  # 70 high, 30 wide: rows at 0, 16, 32 and 38; one column
+    assert predictor.predict(path, mode="tile").height == 70
 
 
 def test_native_models_report_every_window():
@@ -91,14 +93,14 @@ def test_a_progress_callback_that_raises_stops_between_windows():
     model = PixelModel()
     predictor = Predictor(model, input_size=32)
     image = np.zeros((300, 300, 3), np.uint8)
-    total = predictor.plan(image).windows
+    total = predictor.plan(image, "tile").windows
 
     def cancel_after_three_batches(done: int, total: int, stage: str) -> None:
         if done >= 12:
             raise PredictionCancelledError(f"stopped at {done} of {total}")
 
     with pytest.raises(PredictionCancelledError, match=f"stopped at 12 of {total}"):
-        predictor.predict(image, progress=cancel_after_three_batches)
+        predictor.predict(image, mode="tile", progress=cancel_after_three_batches)
     assert len(model.calls) == 3 and total > 100
 
 
@@ -110,9 +112,9 @@ def test_batch_runs_pass_progress_through(tmp_path):
     events: list[tuple[int, int, str]] = []
     plan = BatchPlan.from_inputs([str(tmp_path / "0.png"), str(tmp_path / "1.png")], tmp_path / "out")
     (tmp_path / "out").mkdir()
-    BatchPrediction(Predictor(PixelModel(), input_size=32), plan, report=False,
+    BatchPrediction(Predictor(PixelModel(), input_size=32), plan, report=False, mode="tile",
                     progress=lambda *e: events.append(e)).run()
-    assert events[0] == (1, 1, "windows") and events[-1] == (36, 36, "windows")
+    assert events[0] == (0, 1, "windows") and (1, 1, "windows") in events and events[-1] == (36, 36, "windows")
 
 
 # -- the command line -------------------------------------------------------------------------------------
@@ -141,9 +143,9 @@ def test_the_bar_moves_during_one_large_photo(tmp_path, monkeypatch):
     Image.fromarray(np.zeros((300, 300, 3), np.uint8)).save(tmp_path / "large.png")
     files = [tmp_path / "small.png", tmp_path / "large.png", tmp_path / "missing.png"]
     predictor = Predictor(PixelModel(), input_size=32)
-    large = predictor.plan(files[1]).windows
+    large = predictor.plan(files[1], "tile").windows
     bar = _FakeBar()
-    display = cli_predict.WindowProgress(bar, predictor, files, "auto")
+    display = cli_predict.WindowProgress(bar, predictor, files, "tile")
     assert display.total == 1 + large + 1 and display.tiled == 1
     display.on_progress(1, 1, "windows")
     display.on_result(BatchItem(files[0], {}, None, 1, 3))
@@ -171,9 +173,9 @@ def test_cli_predict_prints_the_window_count_and_an_estimate(tmp_path, monkeypat
     ckpt = make_tiny_checkpoint(tmp_path / "ckpt", size=32, widths=(4,), steps=1)
     Image.fromarray(np.zeros((200, 240, 3), np.uint8)).save(tmp_path / "large.png")
     result = CliRunner().invoke(_cli(), ["predict", str(tmp_path / "large.png"), "--detector", str(ckpt), "--out",
-                                         str(tmp_path / "out"), "--no-report"])
+                                         str(tmp_path / "out"), "--no-report", "--mode", "tile"])
     assert result.exit_code == 0, result.output
-    windows = Predictor.from_checkpoint(ckpt).plan(tmp_path / "large.png").windows
+    windows = Predictor.from_checkpoint(ckpt).plan(tmp_path / "large.png", "tile").windows
     assert f"{windows} model windows to run" in result.output
     assert "estimated time: about" in result.output and "an estimate" in result.output
     assert f"{windows}/{windows}" in result.output

@@ -165,6 +165,7 @@ def test_chain_of_custody_hashes_sizes_modes_and_run(tmp_path):
     ckpt.mkdir()
     (ckpt / "model.safetensors").write_bytes(np.random.default_rng(3).bytes(4096))
     predictor = Predictor(PixelModel(), input_size=32, info={"checkpoint": str(ckpt)})
+    padded = Predictor(PixelModel(), input_size=32, input_mode="pad")  # trained on padded inputs: auto tiles
     rng = np.random.default_rng(1)
     folder = tmp_path / "photos"
     folder.mkdir()
@@ -176,6 +177,7 @@ def test_chain_of_custody_hashes_sizes_modes_and_run(tmp_path):
     entries = [
         report_entry(predictor.predict(photo_png), requested_mode="auto", input_size=predictor.input_size),
         report_entry(predictor.predict(photo_jpg, mode="auto"), requested_mode="auto", input_size=32),
+        report_entry(padded.predict(photo_jpg.read_bytes(), name="padded.jpg"), requested_mode="auto", input_size=32),
         report_entry(predictor.predict(upload, name="upload.png", mode="tile"), data=upload, requested_mode="tile"),
         report_entry(predictor.predict(array, name="array", mode="resize")),
     ]
@@ -192,9 +194,12 @@ def test_chain_of_custody_hashes_sizes_modes_and_run(tmp_path):
     assert hashes["array"] == hashlib.sha256(array.tobytes()).hexdigest()
     assert "(bytes received)" in html and "decoded RGB pixels (no file)" in html
     assert f"({photo_jpg.stat().st_size:,} bytes)" in html and "150×90 px" in html
-    # The mode and why: auto tiled the 150 px JPEG (> 2 × 32 px), resized the 50 px PNG; tile was asked for.
-    assert re.search(r"tile: \d+ overlapping windows at full resolution \(auto: the longer side \(150 px\)", html)
-    assert "resize: the whole photo resized to the model&#x27;s input (auto: the longer side (50 px)" in html
+    # The mode and why: auto fed each photo as its model was trained; tile was asked for once.
+    assert re.search(r"tile: \d+ overlapping windows at full resolution \(auto: the model was trained on padded, "
+                     r"never resized, inputs \(32² px; the photo is 150×90\)\)", html)
+    for size in ("50×40", "150×90"):
+        assert ("resize: the whole photo resized to the model&#x27;s input (auto: the model was trained on inputs "
+                f"resized to its input size (32² px; the photo is {size}))") in html
     assert "(as requested)" in html and "model read</dt><dd>decoded pixels" in html
 
     run = dict(re.findall(r'<dt>([^<]*)</dt><dd class="run-[a-z]+">([^<]*)</dd>', html))

@@ -83,15 +83,16 @@ def test_predict_on_a_real_png(client):
     h, w = photo.shape[:2]
     assert (body["width"], body["height"]) == (w, h) and body["name"] == "my photo.png" and body["stem"] == "my photo"
     assert 0.0 <= body["score"] <= 1.0 and 0.0 <= body["tampered_fraction"] <= 1.0
-    assert body["mode"] == "tile"  # auto: 424 px > 2 × 32
+    assert body["mode"] == "resize"  # auto: the model was trained on resized inputs
     assert body["verdict"] is None and body["verdict_class"] == "v-uncalibrated"
     assert body["verdict_text"] == f"{body['score']:.2f} (uncalibrated score)"
     assert "unvalidated model" in body["model_label"] and body["cue_panels"] == [] and "cues" not in body
     custody = body["custody"]
     assert custody["sha256"] == hashlib.sha256(path.read_bytes()).hexdigest()
     assert custody["bytes"] == path.stat().st_size
-    assert custody["mode"] == "tile" and custody["mode_reason"].startswith(f"tile: {body['windows']} overlapping")
-    assert "auto: the longer side" in custody["mode_reason"] and custody["streams"] == ["pixels"]
+    assert custody["mode"] == "resize" and custody["mode_reason"].startswith("resize: the whole photo resized")
+    assert "auto: the model was trained on inputs resized" in custody["mode_reason"]
+    assert custody["streams"] == ["pixels"]
     expected = Predictor(PixelModel(), input_size=32).predict(photo)
     assert body["score"] == pytest.approx(expected.score, abs=1e-6)
     assert body["tampered_fraction"] == pytest.approx(expected.tampered_fraction, abs=1e-6)

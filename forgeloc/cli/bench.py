@@ -22,6 +22,8 @@ def bench(
     threads: int | None = typer.Option(None, min=1, help="torch CPU threads (default: torch's choice)."),
     flops: bool = typer.Option(True, help="Count fvcore FLOPs (inference only)."),
     json_out: Path | None = typer.Option(None, "--json", help="Also write the results to this JSON file."),
+    isa: str | None = typer.Option(
+        None, help="avx2: run as on a CPU without AVX-512 (caps PyTorch's, oneDNN's and MKL's kernels)."),
 ) -> None:
     """Benchmark models, each in a fresh process: params, fvcore FLOPs, first-call and median latency,
     images per second, and peak memory above the loaded weights (RSS on CPU, max allocated on CUDA)."""
@@ -39,12 +41,14 @@ def bench(
         fail(f"--amp must be none, bf16 or fp16, got {amp!r}")
     if json_out is not None:
         check_output_file(json_out, "--json")
+    if isa not in (None, "avx2"):
+        fail(f"--isa can only emulate avx2, got {isa!r}")
 
     if flops:  # checked here: each model is measured in a child process, whose error would be a traceback
         require("bench", "forgeloc bench (its FLOP counts; --no-flops skips them)", "fvcore")
     results = run_benchmarks(
         list(model), device=device, batch=batch, size=size, train=train, repeats=repeats, warmup=warmup,
-        amp=amp, channels_last=channels_last, compile=compile, threads=threads, flops=flops,
+        amp=amp, channels_last=channels_last, compile=compile, threads=threads, flops=flops, isa=isa,
     )
     typer.echo(results_markdown(results))
     if json_out:

@@ -38,7 +38,8 @@ def predict(
     ),
     out: Path = typer.Option(Path("forgeloc-results"), "--out", "-o", help="Output folder."),
     model: str | None = typer.Option(None, help="Model name, when the checkpoint has no config.json."),
-    mode: str = typer.Option("auto", help="auto | resize | tile (auto tiles images over 2x the model's input)."),
+    mode: str = typer.Option(
+        "auto", help="auto | resize | tile (auto: as the model was trained; resize for the paper models)."),
     threshold: float | None = typer.Option(None, help="Mask threshold (default: the checkpoint's, else 0.5)."),
     batch_size: int = typer.Option(4, min=1, help="Images (resize) or windows (tile) per forward pass."),
     device: str | None = typer.Option(None, help="cpu, cuda, cuda:1 ... (default: CUDA if available)."),

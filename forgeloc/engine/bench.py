@@ -66,13 +66,30 @@ def _sdpa_flops(inputs: list[Any], outputs: list[Any]) -> int:
 CPU_FLAGS = ("avx2", "avx512f", "avx512_bf16", "amx_tile")
 
 
-def cpu_info() -> dict[str, str]:
+# Environment variables that make PyTorch's kernels (ATen), oneDNN and MKL use no instruction set
+# above a limit, as on an older CPU: how an AVX2-only machine is emulated on an AVX-512 one.
+ISA_LIMIT_VARIABLES = ("ATEN_CPU_CAPABILITY", "ONEDNN_MAX_CPU_ISA", "MKL_ENABLE_INSTRUCTIONS")
+
+
+def isa_limit_environment(isa: str) -> dict[str, str]:
+    """The environment that caps a fresh process's CPU kernels at ``isa`` (``"avx2"``): PyTorch's
+    own kernels, oneDNN's and MKL's. Read by each library when it starts, so it must be set before
+    the process imports torch (``forgeloc bench --isa`` and the benchmark scripts re-run themselves)."""
+    if isa != "avx2":
+        raise ValueError(f"only 'avx2' can be emulated, got {isa!r}")
+    return {"ATEN_CPU_CAPABILITY": "avx2", "ONEDNN_MAX_CPU_ISA": "AVX2", "MKL_ENABLE_INSTRUCTIONS": "AVX2"}
+
+
+def cpu_info() -> dict[str, Any]:
     """The CPU's model name and the :data:`CPU_FLAGS` it has (Linux ``/proc/cpuinfo``; elsewhere
-    only the machine type)."""
+    only the machine type), and the instruction-set limits set in the environment, if any."""
     import platform
     from pathlib import Path
 
-    info = {"machine": platform.machine()}
+    info: dict[str, Any] = {"machine": platform.machine()}
+    limits = {name: os.environ[name] for name in ISA_LIMIT_VARIABLES if os.environ.get(name)}
+    if limits:  # the kernels run as on a CPU without the instructions above these limits
+        info["isa_limits"] = limits
     try:
         text = Path("/proc/cpuinfo").read_text()
     except OSError:
@@ -242,13 +259,15 @@ def measure(
     return result
 
 
-def run_benchmarks(models: list[str], **options: Any) -> list[dict[str, Any]]:
-    """Measure each model in its own fresh Python process; return the result dicts."""
+def run_benchmarks(models: list[str], isa: str | None = None, **options: Any) -> list[dict[str, Any]]:
+    """Measure each model in its own fresh Python process; return the result dicts. With ``isa``
+    (``"avx2"``) the processes run as on a CPU without AVX-512 (:func:`isa_limit_environment`)."""
+    env = {**os.environ, "PYTHONWARNINGS": "ignore", **(isa_limit_environment(isa) if isa else {})}
     results = []
     for name in models:
         payload = json.dumps({"name": name, **options})
         cmd = [sys.executable, "-m", "forgeloc.engine.bench", payload]
-        proc = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "PYTHONWARNINGS": "ignore"})
+        proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
         if proc.returncode != 0:
             results.append({"model": name, "error": proc.stderr.strip().splitlines()[-1:] or ["failed"]})
             continue

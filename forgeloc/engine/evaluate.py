@@ -77,9 +77,11 @@ def evaluate_photos(
     definition: str = "forgeloc",
     threshold: float | None = None,
     progress: Callable[[int, int], None] | None = None,
+    mode: str = "auto",
 ) -> dict[str, Any]:
     """Evaluate a :class:`~forgeloc.inference.predictor.Predictor` photo by photo, at each photo's
-    own resolution (what a user of ``forgeloc predict`` gets), on the dataset ``source``.
+    own resolution (what a user of ``forgeloc predict`` gets), on the dataset ``source``; ``mode``
+    is ``predict``'s (``auto``, ``resize`` or ``tile``, for models with a fixed input size).
 
     The metrics are :class:`~forgeloc.metrics.ForgeryMetrics` with the predictor's image score as
     the image-level score, plus ``authentic_flagged``: the mean share of pixels flagged
@@ -98,7 +100,7 @@ def evaluate_photos(
     metrics = ForgeryMetrics(definition=definition, threshold=thr, image_score="max")
     flagged: list[float] = []
     for i, rec in enumerate(records):
-        pred = predictor.predict(rec.image, threshold=thr)
+        pred = predictor.predict(rec.image, threshold=thr, mode=mode)
         h, w = pred.heatmap.shape
         if rec.mask is None:
             mask = np.zeros((h, w), np.uint8)

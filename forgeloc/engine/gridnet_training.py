@@ -37,7 +37,7 @@ BLOCK = 8
 
 @dataclass
 class GridNetTrainConfig:
-    train: str = "data/realsynth/train/dataset.json"
+    train: str | list[str] = "data/realsynth/train/dataset.json"  # one dataset.json, or several joined
     val: str | None = None
     output_dir: str = "runs/default_detector"
     model: str = "gridnet"
@@ -54,6 +54,7 @@ class GridNetTrainConfig:
     num_workers: int = 1
     save_every: int = 500
     log_every: int = 25
+    init: str | None = None  # a checkpoint folder to start from (fine-tuning); None: random weights
 
     @classmethod
     def from_yaml(cls, path: str | Path, base: Path | None = None) -> GridNetTrainConfig:
@@ -63,11 +64,22 @@ class GridNetTrainConfig:
             raise ValueError(f"{path}: unknown keys {sorted(unknown)}")
         cfg = cls(**raw)
         root = base or Path(path).resolve().parent
-        for key in ("train", "val", "output_dir"):  # paths are relative to the config file
-            value = getattr(cfg, key)
-            if value is not None and not Path(value).is_absolute():
-                setattr(cfg, key, str((root / value).resolve()))
+        cfg.resolve_paths(root)
         return cfg
+
+    def resolve_paths(self, root: Path) -> None:
+        """Make the data, output and init paths absolute, relative to ``root`` (the config's folder)."""
+        def absolute(value: str) -> str:
+            return value if Path(value).is_absolute() else str((root / value).resolve())
+
+        if isinstance(self.train, list):
+            self.train = [absolute(v) for v in self.train]
+        else:
+            self.train = absolute(self.train)
+        for key in ("val", "output_dir", "init"):
+            value = getattr(self, key)
+            if value is not None:
+                setattr(self, key, absolute(value))
 
 
 # --------------------------------------------------------------------------------------------------
@@ -85,11 +97,14 @@ def _flip_coefficients(dct: np.ndarray, axis: int) -> np.ndarray:
 
 
 class RealSynthDataset(Dataset):
-    """Samples of a :mod:`forgeloc.data.realsynth` folder, block-aligned crops with flips."""
+    """Samples of one or several :mod:`forgeloc.data.realsynth` folders, block-aligned crops with flips."""
 
-    def __init__(self, dataset_json: str | Path, crop: int, seed: int = 0, train: bool = True) -> None:
-        self.root = Path(dataset_json).parent
-        self.pairs = json.loads(Path(dataset_json).read_text())
+    def __init__(self, dataset_json: str | Path | list[str], crop: int, seed: int = 0, train: bool = True) -> None:
+        self.pairs = []
+        for path in dataset_json if isinstance(dataset_json, list) else [dataset_json]:
+            root = Path(path).parent
+            self.pairs += [(root / image, mask if mask == "Negative" else root / mask)
+                           for image, mask in json.loads(Path(path).read_text())]
         self.crop, self.seed, self.train = crop, seed, train
         self.epoch = 0
 
@@ -100,12 +115,12 @@ class RealSynthDataset(Dataset):
         self.epoch = epoch
 
     def __getitem__(self, i: int) -> dict[str, Any]:
-        image_rel, mask_rel = self.pairs[i]
-        data = (self.root / image_rel).read_bytes()
-        rgb = read_image(data, name=image_rel)
+        image_path, mask_path = self.pairs[i]
+        data = image_path.read_bytes()
+        rgb = read_image(data, name=image_path.name)
         h, w = rgb.shape[:2]
-        mask = np.zeros((h, w), np.uint8) if mask_rel == "Negative" else read_mask(self.root / mask_rel)
-        dct = dct_grid(data, h, w) if image_rel.endswith(".jpg") else None
+        mask = np.zeros((h, w), np.uint8) if mask_path == "Negative" else read_mask(mask_path)
+        dct = dct_grid(data, h, w) if image_path.suffix == ".jpg" else None
         rng = np.random.default_rng([self.seed, self.epoch, i]) if self.train else np.random.default_rng([i])
         by = int(rng.integers(0, (h - self.crop) // BLOCK + 1)) if h > self.crop else 0
         bx = int(rng.integers(0, (w - self.crop) // BLOCK + 1)) if w > self.crop else 0
@@ -200,7 +215,7 @@ def _restore(model: torch.nn.Module, optim: torch.optim.Optimizer, out: Path) ->
 
 def train(cfg: GridNetTrainConfig, resume: bool = False) -> Path:
     """Train for ``cfg.steps`` steps (continuing from ``output_dir/last`` with ``resume``)."""
-    from forgeloc.models.factory import create_model
+    from forgeloc.models.factory import create_model, load_weights
 
     torch.manual_seed(cfg.seed)
     torch.set_num_threads(cfg.threads)
@@ -208,6 +223,8 @@ def train(cfg: GridNetTrainConfig, resume: bool = False) -> Path:
     out.mkdir(parents=True, exist_ok=True)
     model = create_model(cfg.model, **cfg.model_kwargs)
     optim = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    if cfg.init and not (resume and (out / "train_state.pt").exists()):
+        load_weights(model, cfg.init)
     step = _restore(model, optim, out) if resume else 0
     data = RealSynthDataset(cfg.train, cfg.crop, cfg.seed)
     val = DataLoader(RealSynthDataset(cfg.val, cfg.crop, train=False), batch_size=cfg.batch_size) if cfg.val else None
@@ -247,7 +264,10 @@ def main() -> None:
     cfg = GridNetTrainConfig.from_yaml(args.config)
     for item in args.overrides:
         key, _, value = item.partition("=")
+        if key not in GridNetTrainConfig.__dataclass_fields__:
+            parser.error(f"unknown key {key!r} in {item!r}")
         setattr(cfg, key, yaml.safe_load(value))
+    cfg.resolve_paths(Path.cwd())  # paths given on the command line are relative to where it runs
     print(train(cfg, resume=args.resume))
 
 

@@ -137,18 +137,19 @@ def run_photo_test(
     definition: str = "forgeloc",
     threshold: float | None = None,
     device: str | None = None,
+    mode: str = "auto",
     **ignored: Any,
 ) -> dict[str, dict[str, Any]]:
     """``forgeloc test`` for detectors that read whole photos (see :func:`reads_whole_photos`):
-    every image at its own resolution through :class:`~forgeloc.inference.predictor.Predictor`,
-    the metrics at that resolution. Single process (the sets these detectors are shown on are
+    every image at its own resolution through :class:`~forgeloc.inference.predictor.Predictor`
+    (in ``predict``'s ``mode``), the metrics at that resolution. Single process (the sets these detectors are shown on are
     small; ``forgeloc predict`` shards large collections)."""
     from forgeloc.engine.evaluate import evaluate_photos
     from forgeloc.inference.predictor import load
 
     # Display-only cues (report panels) change no number: not run here. Fused cues are.
     predictor = load(checkpoint, device=device, threshold=threshold, cues=[])
-    rows = {name: evaluate_photos(predictor, source, definition=definition, threshold=threshold)
+    rows = {name: evaluate_photos(predictor, source, definition=definition, threshold=threshold, mode=mode)
             for name, source in datasets.items()}
     desc = predictor.describe()
     table_meta = {
@@ -159,7 +160,7 @@ def run_photo_test(
         "threshold": predictor.threshold if threshold is None else threshold,
         "image_score": desc["image_score"],
         "fused": list(predictor.fuse),
-        "input": "native resolution (whole photo)",
+        "input": "native resolution (whole photo)" if predictor.native else f"whole photo, mode {mode}",
         "metrics_resolution": "each photo's own resolution",
         "forgeloc_version": __version__,
         "datasets": datasets,

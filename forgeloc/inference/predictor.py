@@ -16,9 +16,11 @@ fixed ``input_size``, else the size recorded in the checkpoint, else 512):
   ``forgeloc test`` do), predict, resize the prediction back to the image's size (bilinear);
 * ``mode="tile"``: slide ``S × S`` windows over the image at full resolution with 50 % overlap and
   blend them (:mod:`forgeloc.inference.tiling`);
-* ``mode="auto"`` (default): ``tile`` when the image's longer side exceeds ``2 × S`` (resizing
-  would shrink it more than twofold and wipe out fine traces) or when the checkpoint was trained
-  with IMDLBenCo's ``pad`` input mode (the model never saw resized images); otherwise ``resize``.
+* ``mode="auto"`` (default): the photo is fed as the checkpoint was trained: ``resize`` for a
+  model trained on resized inputs (the paper models: their published numbers were all measured
+  on 512² resized inputs), ``tile`` for one trained with IMDLBenCo's ``pad`` input mode (it never
+  saw a resized image). ``tile`` stays one option away; on a 12 MP photo it runs about 130 windows
+  instead of one (docs/inference.md has the times).
 
 Image score: the model's own ``pred_label`` when it has an image head (in tile mode: the largest
 over the windows), otherwise the reduction the checkpoint records (``image_score``, default
@@ -60,8 +62,11 @@ __all__ = ["MODES", "Prediction", "PredictionCancelledError", "PredictionFailure
            "WorkPlan", "load"]
 
 MODES = ("auto", "resize", "tile")
-#: ``auto`` tiles when the image's longer side is more than this many times the model's input size.
-AUTO_TILE_FACTOR = 2.0
+#: What ``auto`` does, per training input mode, in words (reports and ``describe()``).
+AUTO_RULES = {
+    "resize": "resize, as the model was trained (its inputs were resized to its input size)",
+    "pad": "tile at full resolution, as the model was trained (padded, never resized, inputs)",
+}
 _AMP = {None: "none", "none": "none", "bf16": "bf16", "fp16": "fp16"}
 
 #: ``progress(done, total, stage)``, called while one image is predicted: ``stage`` is ``"windows"``
@@ -589,8 +594,7 @@ class Predictor:
             "device": str(self.device),
             "amp": self.amp,
             "tile_overlap": self.tile_overlap,
-            "auto_rule": f"tile when the longer side > {AUTO_TILE_FACTOR:g} x {self.input_size} px"
-            + (" (always: trained with pad)" if self.input_mode == "pad" else "") + ", else resize",
+            "auto_rule": AUTO_RULES[self.input_mode],
         }
 
     @property
@@ -598,14 +602,13 @@ class Predictor:
         return bool(getattr(self.model, "has_image_head", False))
 
     def choose_mode(self, height: int, width: int, mode: str = "auto") -> str:
-        """What ``mode`` means for an image of this size: ``"resize"`` or ``"tile"``."""
+        """What ``mode`` means for an image of this size: ``"resize"`` or ``"tile"`` (``auto``: as the
+        checkpoint was trained, whatever the size; see :data:`AUTO_RULES`)."""
         if mode not in MODES:
             raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
         if mode != "auto":
             return mode
-        if self.input_mode == "pad" or max(height, width) > AUTO_TILE_FACTOR * self.input_size:
-            return "tile"
-        return "resize"
+        return "tile" if self.input_mode == "pad" else "resize"
 
     def count_windows(self, height: int, width: int, mode: str = "auto") -> tuple[str, int]:
         """``(mode used, model windows run)`` for an image of this size: 1 in resize mode, the tile

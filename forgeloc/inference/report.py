@@ -46,7 +46,7 @@ from typing import Any
 import numpy as np
 
 from forgeloc.inference import visualize as viz
-from forgeloc.inference.predictor import AUTO_TILE_FACTOR, VERDICTS, Prediction, PredictionFailure
+from forgeloc.inference.predictor import VERDICTS, Prediction, PredictionFailure
 
 __all__ = [
     "CUE_QUALITY",
@@ -116,7 +116,6 @@ def mode_reason(
     recorded = prediction.extra.get("mode_reason") if isinstance(prediction.extra, dict) else None
     if recorded:
         return str(recorded)
-    longer = max(prediction.width, prediction.height)
     reads = ("the file's own JPEG DCT coefficients" if "jpeg_dct" in prediction.streams else "the decoded pixels")
     if prediction.mode == "native":
         if prediction.windows == 0:
@@ -125,17 +124,13 @@ def mode_reason(
                 f"traces that resizing would destroy; it read {reads}")
     if requested_mode in ("resize", "tile"):
         why = "as requested"
-    elif input_size:
-        limit = AUTO_TILE_FACTOR * input_size
-        if prediction.mode == "tile":
-            why = (f"auto: the longer side ({longer} px) exceeds {AUTO_TILE_FACTOR:g} × the model's {input_size} px "
-                   "input, so it was analysed at full resolution" if longer > limit
-                   else "auto: the checkpoint was trained on padded, never resized, inputs")
-        else:
-            why = (f"auto: the longer side ({longer} px) is at most {AUTO_TILE_FACTOR:g} × the model's "
-                   f"{input_size} px input")
+    elif requested_mode == "auto":
+        why = ("auto: the model was trained on padded, never resized, inputs" if prediction.mode == "tile"
+               else "auto: the model was trained on inputs resized to its input size")
+        if input_size:
+            why += f" ({input_size}² px; the photo is {prediction.width}×{prediction.height})"
     else:
-        why = "auto" if requested_mode == "auto" else ""
+        why = ""
     how = (f"tile: {prediction.windows} overlapping windows at full resolution" if prediction.mode == "tile"
            else "resize: the whole photo resized to the model's input")
     return f"{how} ({why})" if why else how

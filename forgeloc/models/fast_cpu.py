@@ -153,9 +153,12 @@ def conv2d_gelu(
 
 
 # The inference-only block variants split per-token (or per-row) work so that no intermediate
-# exceeds about this many elements (4 MB in float32): the same numbers, a smaller peak of resident
-# memory. ``fuse_for_inference(model, chunk_elements=...)`` takes another size.
-INFERENCE_CHUNK_ELEMENTS = 1 << 20
+# exceeds about this many elements (16 MB in float32): the same numbers, a smaller peak of resident
+# memory. ``fuse_for_inference(model, chunk_elements=...)`` takes another size. Smaller chunks
+# save more memory but cut the GEMMs into thin slices that run below the CPU's peak: with 1 << 20
+# the three paper models were 2-15 % slower at 512² on 2 threads (AVX-512 and AVX2 alike; measured
+# on 2026-12-02 with benchmarks/compare_reference.py), with no chunking at all no faster than this.
+INFERENCE_CHUNK_ELEMENTS = 1 << 22
 
 
 def inference_chunk(width: int, chunk_elements: int = INFERENCE_CHUNK_ELEMENTS) -> int:

@@ -214,7 +214,7 @@ def fuse_for_inference(model: ModuleT, chunk_elements: int = INFERENCE_CHUNK_ELE
 
     The same function on a CPU in float32 with less memory traffic (see the module docstring);
     meant for ``torch.inference_mode()`` on the CPU without autocast. ``chunk_elements`` bounds
-    the size of the chunked intermediates (about 4 MB in float32 by default). Modules of other
+    the size of the chunked intermediates (about 16 MB in float32 by default). Modules of other
     types are left alone, so any model may be passed; state-dict keys do not change.
     """
     _swap_in(model, chunk_elements)
