@@ -84,7 +84,9 @@ def _install_torchvision_stand_in() -> None:
         return _Missing(name, (), {"__init__": fail, "__call__": fail, "__module__": "torchvision"})
 
     class _StandIn(types.ModuleType):
-        __path__: list[str] = []
+        def __init__(self, name: str) -> None:
+            super().__init__(name)
+            self.__path__: list[str] = []  # a package, so that `import torchvision.ops.misc` resolves
 
         def __getattr__(self, name: str) -> Any:
             if name.startswith("__"):
@@ -346,7 +348,7 @@ def main() -> None:
     parser.add_argument("--amp", choices=sorted(TOLERANCE), default="none",
                         help="run forgeloc under CPU autocast (the reference stays fp32); outputs then differ slightly")
     parser.add_argument("--isa", choices=["avx2"],
-                        help="run both sides as on a CPU without AVX-512 (PyTorch's, oneDNN's and MKL's kernels capped)")
+                        help="run both sides as on a CPU without AVX-512 (PyTorch's, oneDNN's, MKL's kernels capped)")
     parser.add_argument("--torchvision-stand-in", action="store_true",
                         help="where torchvision is not installed, satisfy timm's imports of it with modules that "
                              "raise on use (the references' forward passes do not use it)")

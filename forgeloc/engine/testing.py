@@ -142,8 +142,8 @@ def run_photo_test(
 ) -> dict[str, dict[str, Any]]:
     """``forgeloc test`` for detectors that read whole photos (see :func:`reads_whole_photos`):
     every image at its own resolution through :class:`~forgeloc.inference.predictor.Predictor`
-    (in ``predict``'s ``mode``), the metrics at that resolution. Single process (the sets these detectors are shown on are
-    small; ``forgeloc predict`` shards large collections)."""
+    (in ``predict``'s ``mode``), the metrics at that resolution. Single process (the sets these
+    detectors are shown on are small; ``forgeloc predict`` shards large collections)."""
     from forgeloc.engine.evaluate import evaluate_photos
     from forgeloc.inference.predictor import load
 
