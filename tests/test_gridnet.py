@@ -143,3 +143,47 @@ def test_lattice_features_in_place_equal_the_formula():
     torch.testing.assert_close(features, expected, atol=1e-6, rtol=0)
     features.sum().backward()
     assert with_grad.grad is not None
+
+
+def _realsynth_folder(root, seed: int):
+    """A two-sample folder laid out as forgeloc.data.realsynth writes it (a PNG with a mask, an untouched JPEG)."""
+    import json
+
+    rng = np.random.default_rng(seed)
+    (root / "images").mkdir(parents=True)
+    (root / "masks").mkdir()
+    Image.fromarray(rng.integers(0, 256, (64, 64, 3), dtype=np.uint8)).save(root / "images" / "0.png")
+    Image.fromarray(rng.integers(0, 256, (64, 64, 3), dtype=np.uint8)).save(root / "images" / "1.jpg", quality=90)
+    mask = np.zeros((64, 64), np.uint8)
+    mask[8:40, 16:48] = 255
+    Image.fromarray(mask).save(root / "masks" / "0.png")
+    (root / "dataset.json").write_text(json.dumps([["images/0.png", "masks/0.png"], ["images/1.jpg", "Negative"]]))
+    return root / "dataset.json"
+
+
+def test_training_joins_datasets_and_starts_from_init_weights(tmp_path):
+    import yaml
+    from safetensors.torch import load_file
+
+    from forgeloc.engine.checkpointing import write_model_folder
+    from forgeloc.engine.gridnet_training import GridNetTrainConfig, RealSynthDataset, train
+
+    first, second = _realsynth_folder(tmp_path / "a", 0), _realsynth_folder(tmp_path / "b", 1)
+    data = RealSynthDataset([str(first), str(second)], crop=64)
+    assert len(data) == 4 and data[3]["dct_valid"] and not data[2]["dct_valid"]
+    assert data[2]["mask"].sum() > 0 and data[3]["mask"].sum() == 0
+
+    torch.manual_seed(1)
+    start = forgeloc.create_model("gridnet_tiny")
+    write_model_folder(tmp_path / "init", start.state_dict(), {"model": "gridnet_tiny"})
+    config = tmp_path / "cfg" / "recipe.yaml"
+    config.parent.mkdir()
+    config.write_text(yaml.safe_dump({  # relative paths are read against the config's folder
+        "train": ["../a/dataset.json", "../b/dataset.json"], "init": "../init", "output_dir": "../out",
+        "model": "gridnet_tiny", "crop": 64, "batch_size": 2, "steps": 2, "warmup_steps": 1,
+        "lr": 0.0, "min_lr": 0.0, "weight_decay": 0.0, "threads": 1, "num_workers": 0}))
+    cfg = GridNetTrainConfig.from_yaml(config)
+    assert cfg.train == [str(first), str(second)] and cfg.init == str(tmp_path / "init")
+    trained = load_file(train(cfg) / "model.safetensors")
+    params = dict(start.named_parameters())
+    assert all(torch.equal(trained[name], p.detach()) for name, p in params.items())  # lr 0: the init weights
