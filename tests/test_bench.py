@@ -45,3 +45,29 @@ def test_activation_memory_sees_a_large_allocation() -> None:
 def test_flops_scale_with_the_input_area() -> None:
     model = create_model("unet_baseline_tiny")
     assert abs(count_flops(model, 128) / count_flops(model, 64) - 4.0) < 0.05
+
+
+def test_cli_times_a_whole_photo_in_each_mode_with_its_window_count(tmp_path: Path) -> None:
+    import numpy as np
+    from PIL import Image
+
+    photo = tmp_path / "photo.jpg"
+    Image.fromarray(np.random.default_rng(0).integers(0, 256, (600, 700, 3), dtype=np.uint8)).save(photo, quality=90)
+    rows = {}
+    for mode in ("auto", "tile"):
+        out = tmp_path / f"{mode}.json"
+        proc = subprocess.run(
+            [sys.executable, "-m", "forgeloc", "bench", "--photo", str(photo), "-m", "unet_baseline_tiny",
+             "--mode", mode, "--repeats", "2", "--threads", "1", "--isa", "avx2", "--json", str(out)],
+            capture_output=True, text=True, timeout=300,
+        )
+        assert proc.returncode == 0, proc.stderr[-2000:]
+        (rows[mode],) = json.loads(out.read_text())
+    assert rows["auto"]["mode"] == "resize" and rows["auto"]["windows"] == 1  # as the model was trained
+    assert rows["tile"]["mode"] == "tile" and rows["tile"]["windows"] == 4  # 512² windows over 700×600
+    for row in rows.values():
+        assert row["size"] == "700x600" and row["median_s"] > 0 and row["first_s"] > 0
+        assert row["cpu"]["isa_limits"]["ONEDNN_MAX_CPU_ISA"] == "AVX2"  # the child ran capped
+    bad = subprocess.run([sys.executable, "-m", "forgeloc", "bench", "--photo", str(tmp_path / "none.jpg")],
+                         capture_output=True, text=True, timeout=120)
+    assert bad.returncode != 0 and "file not found" in bad.stderr + bad.stdout and "Traceback" not in bad.stderr

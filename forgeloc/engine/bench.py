@@ -12,6 +12,10 @@ Memory:
   held by the weights.
 
 FLOPs are fvcore's count (one fused multiply-add = one FLOP, as the papers' ``test_flops.py``).
+
+With a photo (``forgeloc bench --photo PATH``), :func:`measure_photo` times what a practitioner
+waits for instead: the whole photo through :class:`~forgeloc.inference.predictor.Predictor` (read,
+detect, heatmap), in the mode forgeloc chooses or the one asked for, with the window count.
 """
 
 from __future__ import annotations
@@ -259,6 +263,60 @@ def measure(
     return result
 
 
+def _photo_predictor(name: str, device: str) -> Any:
+    """A registered model (random weights: the time does not depend on them) or anything
+    :func:`forgeloc.load` takes (``"default"``: the default detector, a checkpoint, a detector name)."""
+    from forgeloc.inference.predictor import Predictor, load
+    from forgeloc.models.factory import create_model
+    from forgeloc.models.registry import list_models
+
+    if name in list_models():
+        return Predictor(create_model(name), device=device)
+    return load(None if name == "default" else name, device=device)
+
+
+def measure_photo(
+    name: str, *, photo: str, mode: str = "auto", device: str = "cpu", repeats: int = 3,
+    threads: int | None = None, **ignored: Any,
+) -> dict[str, Any]:
+    """End-to-end latency of one photo (read, detect, heatmap; the detector's cues included):
+    the first prediction, then the median of ``repeats``; with the mode used and its window count."""
+    from forgeloc.inference.predictor import image_size
+
+    if threads:
+        torch.set_num_threads(threads)
+    start = time.perf_counter()
+    predictor = _photo_predictor(name, device)
+    load_s = time.perf_counter() - start
+    start = time.perf_counter()
+    result = predictor.predict(photo, mode=mode)
+    first_s = time.perf_counter() - start
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        result = predictor.predict(photo, mode=mode)
+        times.append(time.perf_counter() - start)
+    height, width = image_size(photo)
+    return {
+        "model": name, "photo": os.path.basename(photo), "size": f"{width}x{height}",
+        "megapixels": round(width * height / 1e6, 1), "mode": result.mode, "windows": result.windows,
+        "streams": list(result.streams), "load_s": round(load_s, 3), "first_s": round(first_s, 3),
+        "median_s": round(statistics.median(times), 3), "repeats": repeats, "device": device,
+        "threads": torch.get_num_threads(), "torch": torch.__version__, "cpu": cpu_info(),
+    }
+
+
+def photo_markdown(results: list[dict[str, Any]]) -> str:
+    lines = ["| model | photo | megapixels | mode | windows | first s | median s | load s |", "|" + "---|" * 8]
+    for r in results:
+        if "error" in r:
+            lines.append(f"| {r['model']} | error: {r['error']} |" + " |" * 6)
+            continue
+        lines.append(f"| {r['model']} | {r['photo']} | {r['megapixels']} | {r['mode']} | {r['windows']} | "
+                     f"{r['first_s']} | {r['median_s']} | {r['load_s']} |")
+    return "\n".join(lines) + "\n"
+
+
 def run_benchmarks(models: list[str], isa: str | None = None, **options: Any) -> list[dict[str, Any]]:
     """Measure each model in its own fresh Python process; return the result dicts. With ``isa``
     (``"avx2"``) the processes run as on a CPU without AVX-512 (:func:`isa_limit_environment`)."""
@@ -300,7 +358,7 @@ def results_markdown(results: list[dict[str, Any]]) -> str:
 def _worker(payload: str) -> None:
     options = json.loads(payload)
     name = options.pop("name")
-    out = measure(name, **options)
+    out = measure_photo(name, **options) if options.get("photo") else measure(name, **options)
     sys.stdout.write(json.dumps(out) + "\n")
 
 
