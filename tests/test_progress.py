@@ -86,6 +86,7 @@ def test_native_models_report_every_window():
     events: list[tuple[int, int, str]] = []
     result = predictor.predict(image, progress=lambda *e: events.append(e))
     assert predictor.plan(image).windows == result.windows == 4
+    assert predictor.describe()["auto_rule"].startswith("native resolution")  # what the page says auto does
     assert events == [(i, 4, "windows") for i in range(5)]
 
 

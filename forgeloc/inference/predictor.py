@@ -594,8 +594,17 @@ class Predictor:
             "device": str(self.device),
             "amp": self.amp,
             "tile_overlap": self.tile_overlap,
-            "auto_rule": AUTO_RULES[self.input_mode],
+            "auto_rule": self.auto_rule,
         }
+
+    @property
+    def auto_rule(self) -> str:
+        """What ``mode="auto"`` does with this predictor's model, in words."""
+        if self.model is None:
+            return "no learned model: the training-free detectors read the photo as it is"
+        if self.native:
+            return "native resolution: the whole photo in block-aligned windows, never resized"
+        return AUTO_RULES[self.input_mode]
 
     @property
     def _has_image_head(self) -> bool:
