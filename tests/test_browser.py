@@ -55,10 +55,8 @@ def checkpoint(tmp_path_factory) -> Path:
     return ckpt
 
 
-@pytest.fixture(scope="module")
-def server(tmp_path_factory, checkpoint):
-    """``python -m forgeloc serve`` on a free port with a tiny checkpoint; yields its base URL."""
-    ckpt = checkpoint
+def _serve(ckpt: Path, tmp_path_factory):
+    """``python -m forgeloc serve CKPT`` on a free port; yields its base URL, stops it afterwards."""
     port = _free_port()
     log = tmp_path_factory.mktemp("serve_log") / "server.log"
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
@@ -92,6 +90,24 @@ def server(tmp_path_factory, checkpoint):
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory, checkpoint):
+    """``python -m forgeloc serve`` on a free port with a tiny checkpoint; yields its base URL."""
+    yield from _serve(checkpoint, tmp_path_factory)
+
+
+@pytest.fixture(scope="module")
+def long_run_checkpoint(tmp_path_factory) -> Path:
+    """32-px windows of a wider tiny model: a 2000² photo is 15,376 windows, over ten seconds of
+    work, so that a click on Cancel seconds after the start lands while the windows still run."""
+    return make_tiny_checkpoint(tmp_path_factory.mktemp("serve_long") / "tiny32", size=32, widths=(16, 32, 64))
+
+
+@pytest.fixture(scope="module")
+def long_run_server(tmp_path_factory, long_run_checkpoint):
+    yield from _serve(long_run_checkpoint, tmp_path_factory)
 
 
 @pytest.fixture(scope="module")
@@ -402,12 +418,13 @@ def _cpu_seconds(pid: int) -> float:
 
 
 @pytest.mark.browser
-def test_progress_of_a_tiled_run_and_cancel_stops_the_work(server, browser, checkpoint):
+def test_progress_of_a_tiled_run_and_cancel_stops_the_work(long_run_server, browser, long_run_checkpoint):
     from forgeloc.inference import Predictor
 
+    server = long_run_server
     expect = pytest.importorskip("playwright.sync_api").expect
     photo = _gradient_png(2000)
-    total = Predictor.from_checkpoint(checkpoint).plan(photo, "tile").windows
+    total = Predictor.from_checkpoint(long_run_checkpoint).plan(photo, "tile").windows
     assert total > 3000 and len(photo) < 1024 * 1024
     page = browser.new_page(viewport={"width": 1200, "height": 900})
     errors = _watch_errors(page)
