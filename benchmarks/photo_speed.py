@@ -12,8 +12,9 @@ Two numbers per photo:
     python benchmarks/photo_speed.py --threads 2 [--photo PATH ...] [--detector default]
     python benchmarks/photo_speed.py --threads 2 --photo PATH --model sparsevit --mode tile --no-fresh
 
-``--model NAME`` times a paper model, which forgeloc ships without weights: it carries the parity
-fixtures' deterministic weights (``tests/parity_weights.py``); the time does not depend on them.
+``--model NAME`` times a paper model, which forgeloc ships without weights: it runs with random
+weights (as ``forgeloc bench --photo``, whose measurement this script uses); the time does not
+depend on them.
 ``--mode`` is ``predict``'s (``auto``: what forgeloc chooses; ``tile``: 512² windows, 50 % overlap;
 ``resize``: one 512² pass), and the JSON line gives the window count.
 
@@ -47,33 +48,14 @@ def make_12mp_jpeg(folder: Path) -> Path:
     return path
 
 
-def _predictor(detector: str, model: str | None):
-    import forgeloc
-
-    if model is None:
-        return forgeloc.load(None if detector == "default" else detector)
-    from forgeloc.inference.predictor import Predictor
-
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
-    from parity_weights import parity_state_dict
-
-    net = forgeloc.create_model(model)
-    net.load_state_dict(parity_state_dict(net.state_dict()))
-    return Predictor(net)
-
-
 def in_process(photo: Path, detector: str, repeat: int, model: str | None = None, mode: str = "auto") -> dict:
-    start = time.perf_counter()
-    predictor = _predictor(detector, model)
-    load_s = time.perf_counter() - start
-    predictor.predict(photo, mode=mode)  # warm-up
-    times = []
-    for _ in range(repeat):
-        start = time.perf_counter()
-        result = predictor.predict(photo, mode=mode)
-        times.append(time.perf_counter() - start)
-    return {"load_s": round(load_s, 3), "predict_s": round(statistics.median(times), 3), "mode": result.mode,
-            "windows": result.windows, "streams": ",".join(result.streams)}
+    """``forgeloc bench --photo``'s measurement (:func:`forgeloc.engine.bench.measure_photo`), in
+    this script's keys."""
+    from forgeloc.engine.bench import measure_photo
+
+    row = measure_photo(model or detector, photo=str(photo), mode=mode, repeats=repeat)
+    return {"load_s": row["load_s"], "predict_s": row["median_s"], "mode": row["mode"], "windows": row["windows"],
+            "streams": ",".join(row["streams"])}
 
 
 def fresh_process(photo: Path, detector: str, repeat: int, threads: int) -> float:

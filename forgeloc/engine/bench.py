@@ -81,7 +81,7 @@ def isa_limit_environment(isa: str) -> dict[str, str]:
     the process imports torch (``forgeloc bench --isa`` and the benchmark scripts re-run themselves)."""
     if isa != "avx2":
         raise ValueError(f"only 'avx2' can be emulated, got {isa!r}")
-    return {"ATEN_CPU_CAPABILITY": "avx2", "ONEDNN_MAX_CPU_ISA": "AVX2", "MKL_ENABLE_INSTRUCTIONS": "AVX2"}
+    return dict(zip(ISA_LIMIT_VARIABLES, ("avx2", "AVX2", "AVX2"), strict=True))  # ATen's, oneDNN's, MKL's spelling
 
 
 def cpu_info() -> dict[str, Any]:
