@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import json
 
 import numpy as np
 import pytest
@@ -147,8 +148,6 @@ def test_lattice_features_in_place_equal_the_formula():
 
 def _realsynth_folder(root, seed: int):
     """A two-sample folder laid out as forgeloc.data.realsynth writes it (a PNG with a mask, an untouched JPEG)."""
-    import json
-
     rng = np.random.default_rng(seed)
     (root / "images").mkdir(parents=True)
     (root / "masks").mkdir()
@@ -187,3 +186,47 @@ def test_training_joins_datasets_and_starts_from_init_weights(tmp_path):
     trained = load_file(train(cfg) / "model.safetensors")
     params = dict(start.named_parameters())
     assert all(torch.equal(trained[name], p.detach()) for name, p in params.items())  # lr 0: the init weights
+
+
+def test_interpolated_weights_lie_between_the_two_checkpoints_and_package_as_a_calibrated_detector(tmp_path):
+    from safetensors.torch import load_file
+
+    from forgeloc.engine.checkpointing import write_model_folder
+    from forgeloc.engine.gridnet_training import main
+
+    ends = {}
+    for seed, name in ((0, "start"), (1, "end")):
+        torch.manual_seed(seed)
+        weights = forgeloc.create_model("gridnet_tiny").state_dict()
+        write_model_folder(tmp_path / name, weights, {"model": "gridnet_tiny"})
+        ends[name] = load_file(tmp_path / name / "model.safetensors")
+    main(["--interpolate", str(tmp_path / "start"), str(tmp_path / "end"), "--alpha", "0.25",
+          "--out", str(tmp_path / "mix")])
+    mixed = load_file(tmp_path / "mix" / "model.safetensors")
+    for key, value in mixed.items():
+        a, b = ends["start"][key], ends["end"][key]
+        expected = 0.75 * a.float() + 0.25 * b.float() if a.is_floating_point() else b
+        assert torch.allclose(value.float(), expected.float(), atol=1e-6), key
+    assert any(not torch.equal(ends["start"][k], ends["end"][k]) for k in mixed)  # the two really differ
+
+    extra = tmp_path / "extra.json"
+    extra.write_text(json.dumps({"name": "mix", "fuse": [], "calibration": {"set": "two test photos"}}))
+    main(["--package", str(tmp_path / "mix"), "--extra", str(extra), "--calibrate",
+          str(_realsynth_folder(tmp_path / "calib", 0)), "--out", str(tmp_path / "packaged")])
+    config = json.loads((tmp_path / "packaged" / "config.json").read_text())
+    bands = config["calibration"]
+    assert config["name"] == "mix" and config["interpolated"]["alpha"] == 0.25
+    assert bands["set"] == "two test photos" and 0 <= bands["low"] <= bands["high"] <= 1
+    assert forgeloc.load(tmp_path / "packaged").calibration["low"] == bands["low"]
+
+
+def test_interpolation_refuses_two_different_networks_and_alpha_outside_0_1(tmp_path):
+    from forgeloc.engine.checkpointing import write_model_folder
+    from forgeloc.engine.gridnet_training import interpolate
+
+    write_model_folder(tmp_path / "tiny", forgeloc.create_model("gridnet_tiny").state_dict(), {"model": "gridnet_tiny"})
+    write_model_folder(tmp_path / "wide", forgeloc.create_model("gridnet", width=24).state_dict(), {"model": "gridnet"})
+    with pytest.raises(ValueError, match="different networks"):
+        interpolate(tmp_path / "tiny", tmp_path / "wide", 0.5, tmp_path / "out")
+    with pytest.raises(ValueError, match="alpha"):
+        interpolate(tmp_path / "tiny", tmp_path / "tiny", 1.5, tmp_path / "out")

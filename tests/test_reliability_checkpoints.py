@@ -522,6 +522,9 @@ def folder(tmp_path) -> Path:
         ('{"model": "unet_baseline_tiny", "input": {"size": -5}}', "input.size must be"),
         ('{"model": "unet_baseline_tiny", "input": "resize 128"}', "'input' must be an object"),
         ('{"model": "unet_baseline_tiny", "threshold": "high"}', "'threshold' must be a finite number"),
+        ('{"model": "unet_baseline_tiny", "calibration": {"set": "no bands"}}', "'calibration' must hold numbers"),
+        ('{"model": "unet_baseline_tiny", "calibration": {"low": 0.9, "high": 0.2}}', "low <= high"),
+        ('{"model": "unet_baseline_tiny", "calibration": [0.2, 0.9]}', "'calibration' must hold numbers"),
     ],
 )
 def test_tampered_config_is_a_clear_error(folder, text, expected):

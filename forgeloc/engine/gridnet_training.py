@@ -255,12 +255,59 @@ def train(cfg: GridNetTrainConfig, resume: bool = False) -> Path:
     return out / "last"
 
 
-def main() -> None:
+def interpolate(start: str | Path, end: str | Path, alpha: float, dest: str | Path) -> Path:
+    """Write the weights ``(1 − alpha)·start + alpha·end`` as a checkpoint folder ``dest``.
+
+    WiSE-FT (Wortsman et al., "Robust fine-tuning of zero-shot models", CVPR 2022): when ``end``
+    was fine-tuned from ``start``, both lie in one basin of the loss, and the interpolated weights
+    keep much of what each one does well; on data unlike the fine-tuning data they often beat
+    both. BatchNorm running statistics are interpolated alike; integer buffers (the batch
+    counters) are taken from ``end``. ``dest``'s config is ``end``'s, with the recipe recorded.
+    """
+    from forgeloc.engine.checkpointing import write_model_folder
+    from forgeloc.io.state_dict import load_state_dict_file
+
+    if not 0.0 <= alpha <= 1.0:
+        raise ValueError(f"alpha must lie in [0, 1], got {alpha}")
+    a, b = load_state_dict_file(start), load_state_dict_file(end)
+    if a.keys() != b.keys() or any(a[k].shape != b[k].shape for k in a):
+        raise ValueError(f"{start} and {end} hold different networks: interpolation needs one architecture")
+    mixed = {k: torch.lerp(a[k].float(), b[k].float(), alpha).to(a[k].dtype) if a[k].is_floating_point() else b[k]
+             for k in a}
+    config = json.loads((Path(end) / "config.json").read_text())
+    config["interpolated"] = {"start": str(start), "end": str(end), "alpha": alpha, "method": "WiSE-FT"}
+    write_model_folder(Path(dest), mixed, config)
+    return Path(dest)
+
+
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("-c", "--config", required=True)
+    parser.add_argument("-c", "--config", help="train with this recipe")
     parser.add_argument("--resume", action="store_true")
+    parser.add_argument("--interpolate", nargs=2, metavar=("START", "END"),
+                        help="instead of training: write the WiSE-FT weights (1-alpha)*START + alpha*END to --out")
+    parser.add_argument("--alpha", type=float, default=0.5)
+    parser.add_argument("--package", metavar="CHECKPOINT",
+                        help="instead of training: write CHECKPOINT as a shippable detector folder to --out")
+    parser.add_argument("--extra", help="--package: a JSON file of config keys to add (fused detectors, cues, card)")
+    parser.add_argument("--calibrate", metavar="DATASET_JSON",
+                        help="--package: fix the verdict bands on this set's untouched images")
+    parser.add_argument("--out", help="output folder of --interpolate or --package")
     parser.add_argument("overrides", nargs="*", help="key=value (YAML values)")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
+    if args.interpolate:
+        if not args.out:
+            parser.error("--interpolate needs --out")
+        print(interpolate(*args.interpolate, alpha=args.alpha, dest=args.out))
+        return
+    if args.package:
+        if not args.out:
+            parser.error("--package needs --out")
+        extra = json.loads(Path(args.extra).read_text()) if args.extra else {}
+        print(release(args.package, args.out, extra, args.calibrate))
+        return
+    if not args.config:
+        parser.error("give -c CONFIG to train, or --interpolate START END --out DIR")
     cfg = GridNetTrainConfig.from_yaml(args.config)
     for item in args.overrides:
         key, _, value = item.partition("=")
@@ -269,10 +316,6 @@ def main() -> None:
         setattr(cfg, key, yaml.safe_load(value))
     cfg.resolve_paths(Path.cwd())  # paths given on the command line are relative to where it runs
     print(train(cfg, resume=args.resume))
-
-
-if __name__ == "__main__":
-    main()
 
 
 def package(checkpoint: str | Path, dest: str | Path, extra: dict[str, Any]) -> Path:
@@ -287,8 +330,23 @@ def package(checkpoint: str | Path, dest: str | Path, extra: dict[str, Any]) -> 
     config = json.loads((src / "config.json").read_text())
     config.update(extra)
     dest.mkdir(parents=True, exist_ok=True)
-    shutil.copyfile(src / "model.safetensors", dest / "model.safetensors")
+    if src.resolve() != dest.resolve():
+        shutil.copyfile(src / "model.safetensors", dest / "model.safetensors")
     atomic_write(dest / "config.json", lambda p: p.write_text(json.dumps(config, indent=1, sort_keys=True)))
+    return dest
+
+
+def release(checkpoint: str | Path, dest: str | Path, extra: dict[str, Any],
+            calibration_set: str | Path | None = None) -> Path:
+    """:func:`package` the checkpoint, then (given a set) :func:`calibrate` the packaged detector
+    as it will run, its fused detectors included, and record the bands in its config."""
+    about_set = extra.get("calibration", {})
+    dest = package(checkpoint, dest, {k: v for k, v in extra.items() if k != "calibration"})
+    if calibration_set is not None:
+        from forgeloc.inference.predictor import load
+
+        bands = calibrate(load(dest), calibration_set)
+        package(dest, dest, {"calibration": {**about_set, **bands}})
     return dest
 
 
@@ -315,3 +373,7 @@ def calibrate(predictor: Any, dataset_json: str | Path, low_q: float = 0.90, hig
         "tampered_share_above_high": round(float((t >= max(high, low)).mean()), 4) if t.size else None,
         "tampered_share_above_low": round(float((t >= low).mean()), 4) if t.size else None,
     }
+
+
+if __name__ == "__main__":
+    main()

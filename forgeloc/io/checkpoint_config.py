@@ -194,7 +194,18 @@ def _check_config(config: Any, source: Path) -> None:
         names = config.get(key)
         if names is not None and (not isinstance(names, list) or not all(isinstance(n, str) for n in names)):
             raise CheckpointError(f"{source}: {key!r} must be a list of cue names, not {short_text(names, 60)}")
+    _check_calibration(config.get("calibration"), source)
 
+
+def _check_calibration(calibration: Any, source: Path) -> None:
+    """The verdict bands: ``low`` and ``high`` image scores with 0 <= low <= high <= 1."""
+    if calibration is None:
+        return
+    bands = [calibration.get(k) for k in ("low", "high")] if isinstance(calibration, dict) else [None]
+    numbers = all(isinstance(b, (int, float)) and not isinstance(b, bool) for b in bands)
+    if not numbers or not 0 <= bands[0] <= bands[1] <= 1:
+        raise CheckpointError(f"{source}: 'calibration' must hold numbers 0 <= low <= high <= 1 (the verdict "
+                              f"bands), not {short_text(calibration, 80)}")
 
 
 def _read_json(cfg: Path) -> Any:
