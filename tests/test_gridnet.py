@@ -210,13 +210,13 @@ def test_interpolated_weights_lie_between_the_two_checkpoints_and_package_as_a_c
     assert any(not torch.equal(ends["start"][k], ends["end"][k]) for k in mixed)  # the two really differ
 
     extra = tmp_path / "extra.json"
-    extra.write_text(json.dumps({"name": "mix", "fuse": [], "calibration": {"set": "two test photos"}}))
+    extra.write_text(json.dumps({"name": "mix", "fuse": [], "calibration": {"data": "two test photos"}}))
     main(["--package", str(tmp_path / "mix"), "--extra", str(extra), "--calibrate",
           str(_realsynth_folder(tmp_path / "calib", 0)), "--out", str(tmp_path / "packaged")])
     config = json.loads((tmp_path / "packaged" / "config.json").read_text())
     bands = config["calibration"]
     assert config["name"] == "mix" and config["interpolated"]["alpha"] == 0.25
-    assert bands["set"] == "two test photos" and 0 <= bands["low"] <= bands["high"] <= 1
+    assert bands["data"] == "two test photos: 1 authentic, 1 tampered images" and 0 <= bands["low"] <= bands["high"] <= 1
     assert forgeloc.load(tmp_path / "packaged").calibration["low"] == bands["low"]
 
 

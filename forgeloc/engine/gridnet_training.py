@@ -340,23 +340,24 @@ def release(checkpoint: str | Path, dest: str | Path, extra: dict[str, Any],
             calibration_set: str | Path | None = None) -> Path:
     """:func:`package` the checkpoint, then (given a set) :func:`calibrate` the packaged detector
     as it will run, its fused detectors included, and record the bands in its config."""
-    about_set = extra.get("calibration", {})
+    about_set = extra.get("calibration", {}).get("data")
     dest = package(checkpoint, dest, {k: v for k, v in extra.items() if k != "calibration"})
     if calibration_set is not None:
         from forgeloc.inference.predictor import load
 
-        bands = calibrate(load(dest), calibration_set)
-        package(dest, dest, {"calibration": {**about_set, **bands}})
+        package(dest, dest, {"calibration": calibrate(load(dest), calibration_set, description=about_set)})
     return dest
 
 
-def calibrate(predictor: Any, dataset_json: str | Path, low_q: float = 0.90, high_q: float = 0.99) -> dict[str, Any]:
+def calibrate(predictor: Any, dataset_json: str | Path, low_q: float = 0.90, high_q: float = 0.99,
+              description: str | None = None) -> dict[str, Any]:
     """Score bands for :func:`forgeloc.inference.predictor.verdict_for` from a calibration set.
 
     Method: the image scores of the set's *authentic* images fix the bands, so the false-alarm
     rate of each verdict is known: ``low`` = their ``low_q`` quantile (about 90 % of untouched
     photos read "no evidence found"), ``high`` = their ``high_q`` quantile (about 1 % of untouched
     photos read "likely manipulated"). The tampered images' scores are reported for reference.
+    ``description`` says in words what the set is (default: its folder's name).
     """
     pairs = json.loads(Path(dataset_json).read_text())
     root = Path(dataset_json).parent
@@ -369,7 +370,7 @@ def calibrate(predictor: Any, dataset_json: str | Path, low_q: float = 0.90, hig
     return {
         "low": round(low, 4), "high": round(max(high, low), 4),
         "method": f"authentic-score quantiles {low_q:g} / {high_q:g}",
-        "data": f"{Path(dataset_json).parent.name}: {len(a)} authentic, {len(t)} tampered images",
+        "data": f"{description or Path(dataset_json).parent.name}: {len(a)} authentic, {len(t)} tampered images",
         "tampered_share_above_high": round(float((t >= max(high, low)).mean()), 4) if t.size else None,
         "tampered_share_above_low": round(float((t >= low).mean()), 4) if t.size else None,
     }
