@@ -141,6 +141,12 @@ _PLASMA_PHOTOS = (
     "BytheWater", "ColdRipple", "ColorfulCups", "DarkestHour", "EveningGlow", "FallenLeaf", "Grey", "Kite",
     "OneStandsOut", "Path", "summer_1am",
 )
+_UBUNTU_1604_PHOTOS = (
+    "aitzgorri_by_Aitzol_Berasategi", "Bridge_by_Sander_Klootwijk", "Dragonfly_by_Bolly", "free_by_Peter_Nerlich",
+    "friends_by_Aitzol_Berasategi", "greentock_by_Peter_Nerlich", "life_by_Aitzol_Berasategi",
+    "picosdeeuropa_by_Aitzol_Berasategi", "Picture_0B_by_freespace", "Picture_1A_by_freespace",
+    "seeding_by_Clements_Engelhardt", "sunset_by_Aitzol_Berasategi", "Wine_by_Jakkub_Mede",
+)
 _OPENCV_PHOTOS = (
     "aero1.jpg", "aero3.jpg", "aloeL.jpg", "apple.jpg", "baboon.jpg", "basketball1.png", "blox.jpg", "board.jpg",
     "box.png", "box_in_scene.png", "building.jpg", "butterfly.jpg", "chicky_512.png", "ela_original.jpg",
@@ -183,6 +189,27 @@ SOURCES: tuple[Source, ...] = (
     Source(
         "lomiri-wallpapers", "deb", "usr/share",
         exclude=(("*", "rendered wallpaper (or an empty file)"),), note=_NO_PHOTOS,
+    ),
+    Source(
+        "lomiri-wallpapers-16.04", "deb", "usr/share/backgrounds", source_prefix="16.04",
+        keep=tuple(Keep(f"{n}.jpg") for n in _UBUNTU_1604_PHOTOS),
+        exclude=(
+            ("analogpattern_by_Peter_Nerlich.jpg", "close-up of a textured surface, mostly abstract colour"),
+            ("umang_by_Abhishek_Mudgal.jpg", "rendered colour gradient"),
+            ("*", "rendered wallpaper"),
+        ),
+        note="Ubuntu 16.04's contest wallpapers (each a photographer's, licence per file)",
+    ),
+    Source(
+        "lomiri-wallpapers-20.04", "deb", "usr/share/backgrounds", source_prefix="20.04",
+        keep=(Keep("Kleiber_by_Lukas_Baubkus.jpg"),),
+        exclude=(
+            ("Fossa_by_Jasper_Roks.jpg", "rendered abstract wallpaper"),
+            ("Infinite-Sea_by_Aury88.jpg", "digital composite (starfield over a sea)"),
+            ("Painting-Colors_by__herobrine7gamer.jpg", "flat colour stripes"),
+            ("*", "rendered wallpaper"),
+        ),
+        note="Ubuntu 20.04's contest wallpapers: one photograph",
     ),
     Source(
         "sway-backgrounds", "deb", "usr/share",
