@@ -212,7 +212,7 @@ def test_interpolated_weights_lie_between_the_two_checkpoints_and_package_as_a_c
     extra = tmp_path / "extra.json"
     extra.write_text(json.dumps({"name": "mix", "fuse": [], "calibration": {"data": "two test photos"}}))
     main(["--package", str(tmp_path / "mix"), "--extra", str(extra), "--calibrate",
-          str(_realsynth_folder(tmp_path / "calib", 0)), "--out", str(tmp_path / "packaged")])
+          str(_realsynth_folder(tmp_path / "calib", 0)), "--calibrate-first", "2", "--out", str(tmp_path / "packaged")])
     config = json.loads((tmp_path / "packaged" / "config.json").read_text())
     bands = config["calibration"]
     assert config["name"] == "mix" and config["interpolated"]["alpha"] == 0.25

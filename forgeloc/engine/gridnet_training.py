@@ -11,6 +11,13 @@ checkpoints and resume.
 
     python -m forgeloc.engine.gridnet_training -c configs/default_detector/gridnet.yaml
     python -m forgeloc.engine.gridnet_training -c configs/default_detector/gridnet.yaml --resume
+
+and the two release steps of the default detector (docs/models/default.md): the WiSE-FT midpoint of
+a checkpoint and its fine-tuned descendant, then a shippable, calibrated detector folder::
+
+    python -m forgeloc.engine.gridnet_training --interpolate START END --alpha 0.5 --out MIXED
+    python -m forgeloc.engine.gridnet_training --package MIXED --extra configs/default_detector/package.json \
+        --calibrate VAL/dataset.json --out forgeloc/weights/default
 """
 
 from __future__ import annotations
@@ -275,6 +282,8 @@ def interpolate(start: str | Path, end: str | Path, alpha: float, dest: str | Pa
     mixed = {k: torch.lerp(a[k].float(), b[k].float(), alpha).to(a[k].dtype) if a[k].is_floating_point() else b[k]
              for k in a}
     config = json.loads((Path(end) / "config.json").read_text())
+    for key in ("metrics", "epoch"):  # they describe END, not the mix
+        config.pop(key, None)
     config["interpolated"] = {"start": str(start), "end": str(end), "alpha": alpha, "method": "WiSE-FT"}
     write_model_folder(Path(dest), mixed, config)
     return Path(dest)
@@ -292,6 +301,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--extra", help="--package: a JSON file of config keys to add (fused detectors, cues, card)")
     parser.add_argument("--calibrate", metavar="DATASET_JSON",
                         help="--package: fix the verdict bands on this set's untouched images")
+    parser.add_argument("--calibrate-first", type=int, metavar="N", help="--calibrate: only the set's first N samples")
     parser.add_argument("--out", help="output folder of --interpolate or --package")
     parser.add_argument("overrides", nargs="*", help="key=value (YAML values)")
     args = parser.parse_args(argv)
@@ -303,11 +313,14 @@ def main(argv: list[str] | None = None) -> None:
     if args.package:
         if not args.out:
             parser.error("--package needs --out")
-        extra = json.loads(Path(args.extra).read_text()) if args.extra else {}
-        print(release(args.package, args.out, extra, args.calibrate))
+        try:
+            extra = json.loads(Path(args.extra).read_text()) if args.extra else {}
+        except (OSError, ValueError) as err:
+            parser.error(f"--extra {args.extra}: not a readable JSON file ({err})")
+        print(release(args.package, args.out, extra, args.calibrate, args.calibrate_first))
         return
     if not args.config:
-        parser.error("give -c CONFIG to train, or --interpolate START END --out DIR")
+        parser.error("give -c CONFIG to train, --interpolate START END --out DIR, or --package CHECKPOINT --out DIR")
     cfg = GridNetTrainConfig.from_yaml(args.config)
     for item in args.overrides:
         key, _, value = item.partition("=")
@@ -321,14 +334,17 @@ def main(argv: list[str] | None = None) -> None:
 def package(checkpoint: str | Path, dest: str | Path, extra: dict[str, Any]) -> Path:
     """Write a trained GridNet checkpoint as a shippable detector folder: the same
     ``model.safetensors`` and a ``config.json`` extended with ``extra`` (the fused cues, the
-    calibration, the model card's headline numbers)."""
+    calibration, the model card's headline numbers). An object in ``extra`` updates the object of
+    the same key key by key (``train_config``: the recipe's paths in place of a machine's)."""
     import shutil
 
     from forgeloc.io import atomic_write
 
     src, dest = Path(checkpoint), Path(dest)
     config = json.loads((src / "config.json").read_text())
-    config.update(extra)
+    for key, value in extra.items():
+        both_objects = isinstance(value, dict) and isinstance(config.get(key), dict)
+        config[key] = {**config[key], **value} if both_objects else value
     dest.mkdir(parents=True, exist_ok=True)
     if src.resolve() != dest.resolve():
         shutil.copyfile(src / "model.safetensors", dest / "model.safetensors")
@@ -337,29 +353,36 @@ def package(checkpoint: str | Path, dest: str | Path, extra: dict[str, Any]) -> 
 
 
 def release(checkpoint: str | Path, dest: str | Path, extra: dict[str, Any],
-            calibration_set: str | Path | None = None) -> Path:
-    """:func:`package` the checkpoint, then (given a set) :func:`calibrate` the packaged detector
-    as it will run, its fused detectors included, and record the bands in its config."""
+            calibration_set: str | Path | None = None, calibration_first: int | None = None) -> Path:
+    """:func:`package` the checkpoint, after (given a set) :func:`calibrate` has run the detector as
+    it will ship, its fused detectors included, from a temporary folder: ``dest`` is written once,
+    calibration and all."""
+    import tempfile
+
     about_set = extra.get("calibration", {}).get("data")
-    dest = package(checkpoint, dest, {k: v for k, v in extra.items() if k != "calibration"})
+    extra = {k: v for k, v in extra.items() if k != "calibration"}
     if calibration_set is not None:
         from forgeloc.inference.predictor import load
 
-        package(dest, dest, {"calibration": calibrate(load(dest), calibration_set, description=about_set)})
-    return dest
+        with tempfile.TemporaryDirectory() as tmp:
+            trial = package(checkpoint, Path(tmp) / "detector", extra)
+            extra["calibration"] = calibrate(load(trial), calibration_set, description=about_set,
+                                             first=calibration_first)
+    return package(checkpoint, dest, extra)
 
 
 def calibrate(predictor: Any, dataset_json: str | Path, low_q: float = 0.90, high_q: float = 0.99,
-              description: str | None = None) -> dict[str, Any]:
+              description: str | None = None, first: int | None = None) -> dict[str, Any]:
     """Score bands for :func:`forgeloc.inference.predictor.verdict_for` from a calibration set.
 
     Method: the image scores of the set's *authentic* images fix the bands, so the false-alarm
     rate of each verdict is known: ``low`` = their ``low_q`` quantile (about 90 % of untouched
     photos read "no evidence found"), ``high`` = their ``high_q`` quantile (about 1 % of untouched
     photos read "likely manipulated"). The tampered images' scores are reported for reference.
-    ``description`` says in words what the set is (default: its folder's name).
+    ``description`` says in words what the set is (default: its folder's name); ``first``: use only
+    the set's first samples.
     """
-    pairs = json.loads(Path(dataset_json).read_text())
+    pairs = json.loads(Path(dataset_json).read_text())[:first]
     root = Path(dataset_json).parent
     authentic, tampered = [], []
     for image, mask in pairs:
