@@ -21,6 +21,12 @@ from forgeloc.inference import Predictor
 from forgeloc.inference.predictor import PredictionCancelledError, image_size
 
 
+def _jpeg(h: int, w: int, seed: int = 0) -> bytes:
+    buf = io.BytesIO()
+    Image.fromarray(np.random.default_rng(seed).integers(0, 256, (h, w, 3), dtype=np.uint8)).save(buf, "JPEG")
+    return buf.getvalue()
+
+
 def _png(h: int, w: int, seed: int = 0) -> bytes:
     buf = io.BytesIO()
     Image.fromarray(np.random.default_rng(seed).integers(0, 256, (h, w, 3), dtype=np.uint8)).save(buf, "PNG")
@@ -103,6 +109,42 @@ def test_a_progress_callback_that_raises_stops_between_windows():
     with pytest.raises(PredictionCancelledError, match=f"stopped at 12 of {total}"):
         predictor.predict(image, mode="tile", progress=cancel_after_three_batches)
     assert len(model.calls) == 3 and total > 100
+
+
+def test_cues_run_side_by_side_with_the_results_of_one_after_another():
+    from forgeloc.detectors import run_cue
+    from forgeloc.inference.predictor import load_image_input
+
+    cues = ["noise", "ela", "jpeg_grid", "metadata"]
+    data = _jpeg(240, 320)
+    events: list[tuple[int, int, str]] = []
+    result = Predictor(PixelModel(), input_size=32, cues=cues).predict(data, progress=lambda *e: events.append(e))
+    assert list(result.cues) == cues  # in the checkpoint's order, whatever order they finished in
+    for name in cues:
+        alone = run_cue(name, load_image_input(data))
+        assert result.cues[name].score == alone.score, name
+        if alone.heatmap is not None:
+            np.testing.assert_array_equal(result.cues[name].heatmap, alone.heatmap, err_msg=name)
+    assert [e for e in events if e[2] == "cues"] == [(k, len(cues), "cues") for k in range(len(cues) + 1)]
+
+
+def test_a_cancel_during_the_cues_stops_them(monkeypatch):
+    import forgeloc.inference.predictor as predictor_module
+
+    monkeypatch.setattr(predictor_module, "CUE_THREADS", 1)  # one at a time: the cancel lands after the first
+    started: list[str] = []
+    real_run_cue = predictor_module.run_cue
+    monkeypatch.setattr(predictor_module, "run_cue",
+                        lambda name, image: started.append(name) or real_run_cue(name, image))
+
+    def cancel_after_first_cue(done: int, total: int, stage: str) -> None:
+        if stage == "cues" and done == 1:
+            raise PredictionCancelledError("stopped during the cues")
+
+    predictor = Predictor(PixelModel(), input_size=32, cues=["noise", "ela", "metadata"])
+    with pytest.raises(PredictionCancelledError, match="during the cues"):
+        predictor.predict(np.zeros((64, 64, 3), np.uint8), progress=cancel_after_first_cue)
+    assert started == ["noise"]
 
 
 def test_batch_runs_pass_progress_through(tmp_path):
