@@ -147,6 +147,36 @@ def test_a_cancel_during_the_cues_stops_them(monkeypatch):
     assert started == ["noise"]
 
 
+@pytest.mark.parametrize("torch_threads, most", [(1, 1), (2, 2)])
+def test_cues_run_on_no_more_threads_than_torch_is_given(monkeypatch, torch_threads, most):
+    import forgeloc.inference.predictor as predictor_module
+
+    lock, now, peak = threading.Lock(), [0], [0]
+    real_run_cue = predictor_module.run_cue
+
+    def counting(name, image):
+        with lock:
+            now[0] += 1
+            peak[0] = max(peak[0], now[0])
+        time.sleep(0.05)  # long enough for a second worker, if there is one, to start
+        try:
+            return real_run_cue(name, image)
+        finally:
+            with lock:
+                now[0] -= 1
+
+    monkeypatch.setattr(predictor_module, "run_cue", counting)
+    monkeypatch.setattr(predictor_module, "CUE_THREADS", 4)
+    predictor = Predictor(PixelModel(), input_size=32, cues=["noise", "ela", "metadata"])
+    previous = torch.get_num_threads()
+    torch.set_num_threads(torch_threads)
+    try:
+        predictor.predict(np.zeros((64, 64, 3), np.uint8))
+    finally:
+        torch.set_num_threads(previous)
+    assert peak[0] == most
+
+
 def test_batch_runs_pass_progress_through(tmp_path):
     from forgeloc.inference.batch import BatchPlan, BatchPrediction
 

@@ -401,7 +401,8 @@ def model_label(name: str, card: dict[str, Any] | None, train_kind: str | None =
 
 
 #: Threads that run one photo's training-free cues side by side (each takes up to about a second on
-#: a 12 MP photo, and they do not depend on one another); more threads would mostly add memory.
+#: a 12 MP photo, and they do not depend on one another), never more than PyTorch's thread count
+#: (``--threads``); more threads would mostly add memory.
 CUE_THREADS = min(4, os.cpu_count() or 1)
 #: Side of the windows a native-resolution model reads (a multiple of 8: windows stay on the grid).
 NATIVE_WINDOW = 2048
@@ -732,8 +733,9 @@ class Predictor:
         names = iter(self.cues)
         done: dict[str, CueResult] = {}
         progress(0, len(self.cues), "cues")
-        with concurrent.futures.ThreadPoolExecutor(min(len(self.cues), CUE_THREADS)) as pool:
-            running = {pool.submit(run_cue, name, image): name for name in itertools.islice(names, CUE_THREADS)}
+        workers = max(1, min(len(self.cues), CUE_THREADS, torch.get_num_threads()))  # --threads 1 stays 1
+        with concurrent.futures.ThreadPoolExecutor(workers) as pool:
+            running = {pool.submit(run_cue, name, image): name for name in itertools.islice(names, workers)}
             while running:
                 finished, _ = concurrent.futures.wait(running, return_when=concurrent.futures.FIRST_COMPLETED)
                 for future in finished:
